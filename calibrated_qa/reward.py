@@ -1,0 +1,114 @@
+"""The reward of one rollout: calibration term + bucket length penalty, and every ingredient.
+
+Pure functions of plain values (no verifiers types, no I/O) so the environment, the analysis and
+the tests compute the same numbers. Definitions:
+
+- calibration term: ``1 - (P(YES) - y)^2`` with ``y = 1`` when the true answer is yes; 0 when the
+  completion is unparseable (so guessing a format never pays more than answering).
+- length penalty, with ``L`` the completion length and ``M`` the sampler's ``max_tokens``:
+  ``-(1 - L/(M/5))`` for ``L < M/5``; ``-min((L - 4M/5)/(M/5), 1)`` for ``L > 4M/5``; else 0.
+- reward = calibration term + length penalty, in [-1, 1].
+
+``L`` is measured in one of two units. ``"chars"`` is completion characters / 4, what the reference
+run used, kept so its numbers can be reproduced exactly. ``"tokens"`` is the exact completion token
+count of the rollout; when a rollout carries no count it falls back to characters / 4 and the score
+says so (``length_unit``), so no record silently mixes units.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+from calibrated_qa.parsing import Answer, parse_answer
+
+LengthUnit = Literal["chars", "tokens"]
+LENGTH_UNITS: tuple[LengthUnit, ...] = ("chars", "tokens")
+CHARS_PER_TOKEN = 4
+
+
+def brier_score(p_yes: float, label: bool) -> float:
+    """Squared error of the stated P(YES) against the outcome (1 for a true answer, 0 for false)."""
+    return (p_yes - float(label)) ** 2
+
+
+def calibration_reward(p_yes: float | None, label: bool) -> float:
+    """``1 - Brier`` for a parsed answer, 0 for an unparseable one (``p_yes is None``)."""
+    return 0.0 if p_yes is None else 1.0 - brier_score(p_yes, label)
+
+
+def length_penalty(length: float, max_tokens: int) -> float:
+    """Bucket penalty in [-1, 0]: asks for some reasoning (>= M/5) without rambling (<= 4M/5)."""
+    if max_tokens <= 0:
+        raise ValueError(f"max_tokens must be positive, got {max_tokens}")
+    bucket = max_tokens / 5
+    if length < bucket:
+        return -(1.0 - max(length, 0.0) / bucket)
+    if length > 4 * bucket:
+        return -min((length - 4 * bucket) / bucket, 1.0)
+    return 0.0
+
+
+def completion_length(
+    text: str, completion_tokens: int | None, unit: LengthUnit
+) -> tuple[float, LengthUnit]:
+    """The ``L`` of the length penalty and the unit actually used (see the module docstring)."""
+    if unit not in LENGTH_UNITS:
+        raise ValueError(f"length_unit must be one of {LENGTH_UNITS}, got {unit!r}")
+    if unit == "tokens" and completion_tokens is not None:
+        return float(completion_tokens), "tokens"
+    return len(text) / CHARS_PER_TOKEN, "chars"
+
+
+@dataclass(frozen=True)
+class RolloutScore:
+    """Everything the reward is made of, for one completion; None where a value does not exist."""
+
+    answer: Answer | None
+    pct: int | None
+    p_yes: float | None
+    parseable: bool
+    correct: bool
+    brier: float | None
+    calibration_reward: float
+    length: float
+    length_unit: LengthUnit
+    length_penalty: float
+    reward: float
+
+
+def score_completion(
+    text: str,
+    label: bool,
+    *,
+    max_tokens: int,
+    length_unit: LengthUnit = "chars",
+    completion_tokens: int | None = None,
+) -> RolloutScore:
+    """Score one completion against the true answer.
+
+    ``correct`` means the stated answer word matches the truth (YES for a true question); an
+    unparseable completion is never correct. The confidence in that answer is ``pct / 100``.
+    """
+    parsed = parse_answer(text)
+    p_yes = None if parsed is None else parsed.p_yes
+    length, unit_used = completion_length(text, completion_tokens, length_unit)
+    calibration = calibration_reward(p_yes, label)
+    penalty = length_penalty(length, max_tokens)
+    reward = calibration + penalty
+    if not math.isfinite(reward):  # pragma: no cover - guarded by construction, kept as a tripwire
+        raise AssertionError(f"non-finite reward {reward} for length {length}")
+    return RolloutScore(
+        answer=None if parsed is None else parsed.answer,
+        pct=None if parsed is None else parsed.pct,
+        p_yes=p_yes,
+        parseable=parsed is not None,
+        correct=parsed is not None and (parsed.answer == "YES") == label,
+        brier=None if p_yes is None else brier_score(p_yes, label),
+        calibration_reward=calibration,
+        length=length,
+        length_unit=unit_used,
+        length_penalty=penalty,
+        reward=reward,
+    )
