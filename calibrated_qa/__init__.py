@@ -15,7 +15,7 @@ except PackageNotFoundError:  # pragma: no cover - a source tree that was never 
 __all__ = ["__version__", "load_environment"]
 
 
-def __getattr__(name: str):  # noqa: ANN202 - module-level attribute hook
+def __getattr__(name: str):
     if name == "load_environment":
         from calibrated_qa.environment import load_environment
 

@@ -10,9 +10,10 @@ through exactly the same balancing and formatting code.
 from __future__ import annotations
 
 from pathlib import Path
-from calibrated_qa.prompt import DEFAULT_MAX_PASSAGE_CHARS, build_prompt
 
 from datasets import Dataset
+
+from calibrated_qa.prompt import DEFAULT_MAX_PASSAGE_CHARS, build_prompt
 
 REQUIRED_COLUMNS = ("question", "passage", "answer")
 _SUFFIXES = {".jsonl": "json", ".json": "json", ".jsonl.gz": "json", ".parquet": "parquet"}
@@ -71,7 +72,8 @@ def load_split(dataset_name: str, split: str) -> Dataset:
     missing = [c for c in REQUIRED_COLUMNS if c not in dataset.column_names]
     if missing:
         raise DatasetError(
-            f"{source}: missing column(s) {', '.join(missing)}; have {', '.join(dataset.column_names)}"
+            f"{source}: missing column(s) {', '.join(missing)}; "
+            f"have {', '.join(dataset.column_names)}"
         )
     if len(dataset) == 0:
         raise DatasetError(f"{source}: no rows")

@@ -168,7 +168,7 @@ class CalibrationRubric(vf.Rubric):
                 completion_tokens=completion_token_count(state),
                 truncated=_is_truncated(state),
             )
-        except Exception as exc:  # noqa: BLE001 - a log problem must not fail the rollout
+        except Exception as exc:
             print(f"[calibrated_qa] could not build a log record: {exc!r}", flush=True)
             return
         self.log.append(record)
@@ -206,7 +206,7 @@ def load_environment(
     """The calibrated-qa environment. Defaults reproduce the reference recipe.
 
     Args:
-        dataset_name: hub id, or a local folder laid out like the hub's (see ``calibrated_qa.data``).
+        dataset_name: hub id, or a local folder laid out like the hub's (``calibrated_qa.data``).
         dataset_split: split to train on, balanced 50/50.
         eval_split: held-out split for ``eval_dataset``, balanced the same way.
         include_passage: False gives the recipe's "no passage" variant.

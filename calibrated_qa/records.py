@@ -145,7 +145,7 @@ class GenerationLog:
         try:
             line = json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n"
             append_line(self.path(record["split"]), line)
-        except Exception as exc:  # noqa: BLE001 - logging must never fail a rollout
+        except Exception as exc:  # logging must never fail a rollout
             print(f"[calibrated_qa] could not log a record: {exc!r}", file=sys.stderr, flush=True)
             return False
         self.written += 1

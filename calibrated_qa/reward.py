@@ -42,11 +42,13 @@ def length_penalty(length: float, max_tokens: int) -> float:
     """Bucket penalty in [-1, 0]: asks for some reasoning (>= M/5) without rambling (<= 4M/5)."""
     if max_tokens <= 0:
         raise ValueError(f"max_tokens must be positive, got {max_tokens}")
-    bucket = max_tokens / 5
-    if length < bucket:
-        return -(1.0 - max(length, 0.0) / bucket)
-    if length > 4 * bucket:
-        return -min((length - 4 * bucket) / bucket, 1.0)
+    # Written in 5L and M rather than L and M/5, so the breakpoints are exact in floating point
+    # (L = M gives -1.0, not -0.9999999999999998).
+    scaled = 5 * max(length, 0.0)
+    if scaled < max_tokens:
+        return -(1.0 - scaled / max_tokens)
+    if scaled > 4 * max_tokens:
+        return -min((scaled - 4 * max_tokens) / max_tokens, 1.0)
     return 0.0
 
 

@@ -1,0 +1,45 @@
+"""Shared fixtures: real BoolQ rows from the shipped validation split, as local datasets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+BOOLQ_VALIDATION = REPO / "data" / "boolq" / "validation.jsonl"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+def read_boolq(n: int | None = None, start: int = 0) -> list[dict]:
+    """Rows of the shipped BoolQ validation split, verbatim."""
+    with BOOLQ_VALIDATION.open(encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f]
+    return rows[start:] if n is None else rows[start : start + n]
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def boolq_rows() -> list[dict]:
+    return read_boolq()
+
+
+@pytest.fixture
+def local_boolq(tmp_path: Path) -> Path:
+    """A hub-like local folder: ``train.jsonl`` (real rows 0-299), ``validation.jsonl`` (300-459).
+
+    The train file is made of validation rows because the train split is not shipped; the code
+    path is the same whatever the file holds.
+    """
+    rows = read_boolq(460)
+    write_jsonl(tmp_path / "boolq" / "train.jsonl", rows[:300])
+    write_jsonl(tmp_path / "boolq" / "validation.jsonl", rows[300:])
+    return tmp_path / "boolq"

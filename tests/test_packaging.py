@@ -1,0 +1,82 @@
+"""Installing the environment into a venv like prime-rl's must leave verifiers at 0.1.12.dev1.
+
+The trap (SPEC): an environment requiring ``verifiers>=0.1.12`` makes uv "upgrade" the pinned
+pre-release to 0.4.0, which dropped the classic API, and training breaks. This test builds a venv
+holding verifiers==0.1.12.dev1 from PyPI and installs the package the way run_training.sh does.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+PINNED = "0.1.12.dev1"
+
+pytestmark = pytest.mark.skipif(shutil.which("uv") is None, reason="needs uv on PATH")
+
+
+def uv(*args: str, cwd: Path | None = None) -> str:
+    result = subprocess.run(
+        ["uv", *args], capture_output=True, text=True, cwd=cwd, check=False, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout + result.stderr
+
+
+def installed_version(python: Path, package: str) -> str:
+    return subprocess.run(
+        [str(python), "-c", f"import importlib.metadata as m; print(m.version({package!r}))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def prime_like_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    venv = tmp_path_factory.mktemp("prime-rl") / ".venv"
+    uv("venv", "--quiet", "--python", sys.executable, str(venv))
+    python = venv / "bin" / "python"
+    uv("pip", "install", "--quiet", "--python", str(python), f"verifiers=={PINNED}")
+    assert installed_version(python, "verifiers") == PINNED
+    return python
+
+
+def test_install_keeps_the_pinned_verifiers(prime_like_venv: Path) -> None:
+    python = prime_like_venv
+    uv(
+        "pip",
+        "install",
+        "--python",
+        str(python),
+        "--reinstall-package",
+        "calibrated-qa",
+        str(REPO / "calibrated_qa"),
+    )
+    assert installed_version(python, "verifiers") == PINNED
+    out = subprocess.run(
+        [
+            str(python),
+            "-c",
+            "import calibrated_qa, verifiers as vf; "
+            "env = vf.load_environment('calibrated-qa', dataset_name='x'); "
+            "print(calibrated_qa.__file__, calibrated_qa.__version__, type(env).__name__)",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd="/",
+    ).stdout
+    assert "site-packages/calibrated_qa/__init__.py" in out
+    assert "SingleTurnEnv" in out
+
+
+def test_a_naive_requirement_would_upgrade_it(prime_like_venv: Path) -> None:
+    """Negative control: the requirement the original recipe used really does move verifiers."""
+    plan = uv("pip", "install", "--dry-run", "--python", str(prime_like_venv), "verifiers>=0.1.12")
+    assert f"- verifiers=={PINNED}" in plan
