@@ -43,6 +43,7 @@ class RunShape:
     rollouts_per_example: int | None = None
     max_tokens: int | None = None
     eval_size: int | None = None  # records per eval round = num_examples x rollouts_per_example
+    eval_rollouts_per_example: int | None = None
     eval_interval: int | None = None
     eval_base_model: bool = True
 
@@ -74,7 +75,7 @@ def read_run_shape(path: str | os.PathLike[str]) -> RunShape:
     rollouts = _positive(orch.get("rollouts_per_example"), "rollouts_per_example", source)
     batch = _positive(orch.get("batch_size"), "batch_size", source)
     eval_cfg = orch.get("eval")
-    eval_size = eval_interval = None
+    eval_size = eval_interval = eval_rollouts = None
     base = True
     if isinstance(eval_cfg, dict):
         eval_interval = _positive(eval_cfg.get("interval", 100), "eval.interval", source)
@@ -85,13 +86,15 @@ def read_run_shape(path: str | os.PathLike[str]) -> RunShape:
         if isinstance(envs, list) and len(envs) == 1 and isinstance(envs[0], dict):
             num = envs[0].get("num_examples") or num
             per = envs[0].get("rollouts_per_example") or per
+        eval_rollouts = _positive(per, "eval.rollouts_per_example", source)
         if isinstance(num, int) and num > 0:
-            eval_size = num * _positive(per, "eval.rollouts_per_example", source)
+            eval_size = num * eval_rollouts
     return RunShape(
         batch_size=batch,
         rollouts_per_example=rollouts,
         max_tokens=_positive(sampling.get("max_tokens"), "sampling.max_tokens", source),
         eval_size=eval_size,
+        eval_rollouts_per_example=eval_rollouts,
         eval_interval=eval_interval,
         eval_base_model=base,
     )
@@ -143,9 +146,20 @@ def attribute_steps(
 
 
 def attribute_eval_rounds(
-    rollouts: Rollouts, eval_size: int | None, interval: int | None, *, base_model: bool = True
+    rollouts: Rollouts,
+    eval_size: int | None,
+    interval: int | None,
+    *,
+    base_model: bool = True,
+    rollouts_per_example: int | None = None,
 ) -> Attribution:
-    """Set ``rollouts.step`` to the checkpoint step of each record's eval round (in place)."""
+    """Set ``rollouts.step`` to the checkpoint step of each record's eval round (in place).
+
+    With ``num_examples = -1`` (the whole eval set) the round size is not in the config; it is
+    then the number of distinct questions x ``rollouts_per_example``, when identity is known.
+    """
+    if eval_size is None and rollouts_per_example and rollouts.has_identity:
+        eval_size = int(np.unique(rollouts.question).size) * rollouts_per_example
     if eval_size is None or interval is None:
         rollouts.step[:] = 0
         return Attribution("all eval records pooled as one round (no --eval-size/--eval-interval)")

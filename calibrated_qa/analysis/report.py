@@ -1,0 +1,496 @@
+"""One analysis run: read, attribute steps, compute, cross-check, and write the files of ``--out``.
+
+Files written: ``metrics_by_step.csv``, ``calibration_metrics.csv`` (per rollout),
+``summary.md`` and, unless ``plots=False``, ``calibration_curves.png``,
+``calibration_curves_ensemble.png``, ``brier_over_time.png`` and ``pyes_histograms.png``.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from calibrated_qa.analysis import plots
+from calibrated_qa.analysis.aggregate import METRIC_NAMES, ensemble, step_rows, with_intervals
+from calibrated_qa.analysis.bootstrap import DEFAULT_RESAMPLES, Interval
+from calibrated_qa.analysis.metrics import DEFINITIONS
+from calibrated_qa.analysis.readers import AnalysisInputError, ReadReport, Rollouts, read_rollouts
+from calibrated_qa.analysis.steps import (
+    Attribution,
+    attribute_eval_rounds,
+    attribute_steps,
+    group_purity,
+    read_orchestrator_rewards,
+    step_groups,
+)
+from calibrated_qa.reward import length_penalty
+
+MAX_PANELS = 12
+LABELS = {
+    "parse_rate": "parse rate",
+    "accuracy": "accuracy (unparseable = wrong)",
+    "brier": "Brier (parseable)",
+    "ece_pyes": "ECE on P(YES)",
+    "ece_conf": "ECE on confidence",
+    "auroc": "AUROC (confidence, correct vs wrong)",
+    "reward": "reward",
+    "calibration_reward": "  calibration term (1 - Brier, 0 if unparseable)",
+    "length_penalty": "  length penalty",
+    "penalized_frac": "length-penalized fraction",
+    "mean_length": "mean length L",
+    "mean_p_yes": "mean P(YES) (parseable)",
+    "ensemble_brier": "self-ensemble Brier",
+    "ensemble_ece_pyes": "self-ensemble ECE on P(YES)",
+}
+
+
+@dataclass
+class Options:
+    """Everything the CLI passes in (see ``analyze_calibration.py --help``)."""
+
+    generations: Sequence[str]
+    out: Path
+    split: str = "train"
+    batch_size: int | None = None
+    rollouts_per_example: int | None = None
+    max_tokens: int | None = None
+    group_size: int | None = None
+    max_steps: int | None = None
+    orchestrator_log: str | None = None
+    eval_size: int | None = None
+    eval_interval: int | None = None
+    eval_base_model: bool = True
+    eval_rollouts_per_example: int | None = None
+    plots: bool = True
+    skip_bad_lines: bool = False
+    allow_partial_step: bool = False
+    bootstrap: int = DEFAULT_RESAMPLES
+    seed: int = 0
+    progress: bool = True
+
+
+@dataclass
+class Analysis:
+    """The computed results, before anything is written."""
+
+    options: Options
+    rollouts: Rollouts
+    read: ReadReport
+    attribution: Attribution
+    rows: list[dict[str, float]]
+    first_last: dict[int, dict[str, Interval]]
+    bootstrap_unit: str
+    orchestrator: dict[int, float] | None = None
+    purity: tuple[int, int] | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def first_step(self) -> int:
+        return int(self.rows[0]["step"])
+
+    @property
+    def last_step(self) -> int:
+        return int(self.rows[-1]["step"])
+
+
+def _check_length_penalty(rollouts: Rollouts, max_tokens: int | None) -> str | None:
+    """Compare the logged length penalty with the reward's formula at the config's max_tokens."""
+    if max_tokens is None or np.all(np.isnan(rollouts.length)):
+        return None
+    known = ~np.isnan(rollouts.length)
+    expected = np.array([length_penalty(x, max_tokens) for x in rollouts.length[known]])
+    bad = int(np.sum(np.abs(expected - rollouts.length_penalty[known]) > 1e-6))
+    if not bad:
+        return None
+    return (
+        f"{bad} of {int(known.sum())} rollouts carry a length penalty that max_tokens="
+        f"{max_tokens} does not give: the config and the environment's max_tokens disagree"
+    )
+
+
+def analyze(options: Options) -> Analysis:
+    """Read the logs and compute everything; raises ``AnalysisInputError`` on unusable input."""
+    rollouts, read = read_rollouts(
+        options.generations,
+        split=options.split,
+        skip_bad_lines=options.skip_bad_lines,
+        progress=options.progress,
+    )
+    if options.split == "eval" and rollouts.fmt != "original-csv":
+        attribution = attribute_eval_rounds(
+            rollouts,
+            options.eval_size,
+            options.eval_interval,
+            base_model=options.eval_base_model,
+            rollouts_per_example=options.eval_rollouts_per_example,
+        )
+    else:
+        attribution = attribute_steps(
+            rollouts, options.batch_size, allow_partial=options.allow_partial_step
+        )
+    if options.max_steps is not None:
+        rollouts = rollouts.subset(rollouts.step < options.max_steps)
+        if not len(rollouts):
+            raise AnalysisInputError(f"no rollouts in the first {options.max_steps} steps")
+    rows = step_rows(rollouts)
+    orchestrator = None
+    if options.orchestrator_log:
+        orchestrator = read_orchestrator_rewards(options.orchestrator_log)
+        for row in rows:
+            logged = orchestrator.get(int(row["step"]), math.nan)
+            row["orchestrator_reward"] = logged
+            row["reward_gap"] = row["reward"] - logged
+    if attribution.partial_step is not None:
+        for row in rows:
+            row["partial"] = int(row["step"] == attribution.partial_step)
+    first_last = {}
+    unit = ""
+    for step in sorted({int(rows[0]["step"]), int(rows[-1]["step"])}):
+        first_last[step], unit = with_intervals(
+            rollouts.subset(rollouts.step == step), resamples=options.bootstrap, seed=options.seed
+        )
+    result = Analysis(
+        options=options,
+        rollouts=rollouts,
+        read=read,
+        attribution=attribution,
+        rows=rows,
+        first_last=first_last,
+        bootstrap_unit=unit,
+        orchestrator=orchestrator,
+        purity=group_purity(rollouts, options.rollouts_per_example),
+    )
+    mismatch = _check_length_penalty(rollouts, options.max_tokens)
+    if mismatch:
+        result.warnings.append(mismatch)
+    if attribution.partial_step is not None:
+        result.warnings.append(
+            f"step {attribution.partial_step} is partial: {attribution.partial_count} of "
+            f"{options.batch_size} rollouts (the run stopped mid-step); flagged in the CSV"
+        )
+    if read.torn_lines:
+        result.warnings.append(f"torn last line(s) skipped: {', '.join(read.torn_lines)}")
+    if read.skipped_lines:
+        result.warnings.append(
+            f"{len(read.skipped_lines)} malformed line(s) skipped on request (--skip-bad-lines): "
+            + ", ".join(read.skipped_lines[:10])
+            + (" ..." if len(read.skipped_lines) > 10 else "")
+        )
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Files
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        return "" if math.isnan(value) else f"{value:.6g}"
+    return str(value)
+
+
+def write_metrics_by_step(result: Analysis, path: Path) -> None:
+    """``metrics_by_step.csv``: one row per step, columns of ``METRIC_NAMES`` and cross-checks."""
+    columns = ["step", "n", "n_questions", *METRIC_NAMES]
+    extra = [c for c in ("orchestrator_reward", "reward_gap", "partial") if c in result.rows[0]]
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(columns + extra)
+        for row in result.rows:
+            writer.writerow([_cell(row[c]) for c in columns + extra])
+
+
+def write_rollouts_csv(rollouts: Rollouts, path: Path) -> None:
+    """``calibration_metrics.csv``: the original per-rollout columns with a true ``parseable``.
+
+    Plus step, length, length_penalty, the question id (empty without identity), correctness and
+    confidence. Values that do not exist (P(YES) of an unparseable rollout) are left empty.
+    """
+    header = [
+        "index",
+        "step",
+        "reward",
+        "brier_score",
+        "p_yes",
+        "ground_truth",
+        "parseable",
+        "length",
+        "length_penalty",
+        "question_id",
+        "correct",
+        "confidence",
+    ]
+    brier = (rollouts.p_yes - rollouts.y) ** 2
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        for i in range(len(rollouts)):
+            ok = bool(rollouts.parseable[i])
+            writer.writerow(
+                [
+                    int(rollouts.index[i]),
+                    int(rollouts.step[i]),
+                    repr(float(rollouts.reward[i])),
+                    repr(float(brier[i])) if ok else "",
+                    repr(float(rollouts.p_yes[i])) if ok else "",
+                    "True" if rollouts.y[i] else "False",
+                    int(ok),
+                    _cell(float(rollouts.length[i])),
+                    repr(float(rollouts.length_penalty[i])),
+                    int(rollouts.question[i]) if rollouts.question[i] >= 0 else "",
+                    int(rollouts.correct[i]),
+                    repr(float(rollouts.confidence[i])) if ok else "",
+                ]
+            )
+
+
+def _fmt(value: float, digits: int = 3) -> str:
+    return (
+        "n/a"
+        if value is None or (isinstance(value, float) and math.isnan(value))
+        else (f"{value:.{digits}f}")
+    )
+
+
+def _first_last_table(result: Analysis) -> list[str]:
+    a, b = result.first_step, result.last_step
+    lines = [
+        f"| metric | step {a} | step {b} | change |",
+        "| --- | --- | --- | --- |",
+    ]
+    for name in METRIC_NAMES:
+        first = result.first_last[a][name]
+        last = result.first_last[b][name]
+        if math.isnan(first.value) and math.isnan(last.value):
+            continue
+        change = last.value - first.value
+        lines.append(
+            f"| {LABELS[name]} | {first.format()} | {last.format()} | "
+            f"{'n/a' if math.isnan(change) else f'{change:+.3f}'} |"
+        )
+    return lines
+
+
+def _cross_check(result: Analysis) -> list[str]:
+    lines = [f"- Attribution: {result.attribution.method}."]
+    if result.purity is not None:
+        wrong, total = result.purity
+        lines.append(
+            f"- Question groups: {wrong} of {total} (step, question) groups do not hold exactly "
+            f"{result.options.rollouts_per_example} rollouts"
+            + (" (clean attribution)." if wrong == 0 else ": rollouts crossed a step boundary.")
+        )
+    if result.orchestrator:
+        gaps = [
+            (int(r["step"]), r["reward_gap"], r["reward"], r["orchestrator_reward"])
+            for r in result.rows
+            if not math.isnan(r.get("reward_gap", math.nan))
+        ]
+        if gaps:
+            abs_gaps = np.abs([g[1] for g in gaps])
+            worst = gaps[int(np.argmax(abs_gaps))]
+            lines.append(
+                f"- Orchestrator log: per-step mean reward of the attributed rollouts vs the "
+                f"orchestrator's over {len(gaps)} common steps: mean |gap| "
+                f"{abs_gaps.mean():.4f}, max |gap| {abs_gaps.max():.4f} at step {worst[0]} "
+                f"({worst[2]:.4f} vs {worst[3]:.4f})."
+            )
+            lines += [
+                "",
+                "| step | analysis reward | orchestrator reward | gap |",
+                "| --- | --- | --- | --- |",
+            ]
+            lines += [f"| {s} | {r:.4f} | {o:.4f} | {g:+.4f} |" for s, g, r, o in gaps]
+        else:
+            lines.append("- Orchestrator log: no step in common with the analysed rollouts.")
+    else:
+        lines.append(
+            "- No orchestrator log given (--orchestrator-log): attribution not cross-checked."
+        )
+    return lines
+
+
+def _step_table(rows: Sequence[dict[str, float]]) -> list[str]:
+    names = [
+        "parse_rate",
+        "accuracy",
+        "ece_pyes",
+        "ece_conf",
+        "brier",
+        "auroc",
+        "reward",
+        "calibration_reward",
+        "length_penalty",
+        "penalized_frac",
+    ]
+    has_orch = "orchestrator_reward" in rows[0]
+    head = ["step", "n", *names] + (["orchestrator_reward"] if has_orch else [])
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for row in rows:
+        cells = [str(int(row["step"])), str(int(row["n"]))]
+        cells += [_fmt(row[n]) for n in names]
+        if has_orch:
+            cells.append(_fmt(row["orchestrator_reward"], 4))
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _inputs(result: Analysis) -> list[str]:
+    read = result.read
+    lines = [f"- Files ({read.fmt} format, in order): " + ", ".join(f"`{f}`" for f in read.files)]
+    lines.append(
+        f"- Rollouts analysed: {len(result.rollouts)} ({read.n_records} read, split "
+        f"`{result.options.split}`), {len(result.rows)} steps "
+        f"({result.first_step}..{result.last_step})."
+    )
+    if read.other_split:
+        lines.append(f"- Left out: {read.other_split} records of the other split.")
+    lines += [f"- Note: {note}." for note in read.notes]
+    lines += [f"- **Warning**: {w}." for w in result.warnings]
+    return lines
+
+
+def summary_markdown(result: Analysis) -> str:
+    """The text of ``summary.md``."""
+    a, b = result.first_step, result.last_step
+    unit = result.bootstrap_unit
+    lines = ["# Calibration analysis", "", "## Inputs", "", *_inputs(result), ""]
+    lines += [
+        f"## First vs last step (step {a} vs step {b})",
+        "",
+        f"95% percentile bootstrap intervals, {result.options.bootstrap} resamples of whole "
+        f"{unit} within the step.",
+        "",
+        *_first_last_table(result),
+        "",
+        *_reward_sentence(result),
+        "",
+        "## Step attribution cross-check",
+        "",
+        *_cross_check(result),
+        "",
+        "## Per step",
+        "",
+        *_step_table(result.rows),
+        "",
+        "## Definitions",
+        "",
+    ]
+    lines += [f"- `{name}`: {text}." for name, text in DEFINITIONS.items()]
+    lines.append(
+        "- confidence intervals: whole questions are resampled (a step holds ~128 questions x 8 "
+        "correlated rollouts); without question identity, single rollouts (too narrow)."
+    )
+    return "\n".join(lines) + "\n"
+
+
+def _reward_sentence(result: Analysis) -> list[str]:
+    a, b = result.first_step, result.last_step
+    if a == b:
+        return []
+    first, last = result.first_last[a], result.first_last[b]
+    d_reward = last["reward"].value - first["reward"].value
+    d_cal = last["calibration_reward"].value - first["calibration_reward"].value
+    d_len = last["length_penalty"].value - first["length_penalty"].value
+    return [
+        f"Reward {first['reward'].value:.3f} -> {last['reward'].value:.3f} ({d_reward:+.3f}) = "
+        f"calibration term {d_cal:+.3f} + length penalty {d_len:+.3f}; length-penalized rollouts "
+        f"{first['penalized_frac'].value:.1%} -> {last['penalized_frac'].value:.1%}."
+    ]
+
+
+def readme_section(result: Analysis, command: str) -> str:
+    """The README's Results section, generated from the same numbers as ``summary.md``."""
+    a, b = result.first_step, result.last_step
+    unit = result.bootstrap_unit
+    lines = [
+        "## Results",
+        "",
+        f"Step {a} vs step {b} of the analysed run ({result.read.fmt} input, "
+        f"{len(result.rollouts)} rollouts over {len(result.rows)} steps). 95% bootstrap "
+        f"intervals resample {unit}.",
+        "",
+        *_first_last_table(result),
+        "",
+        *_reward_sentence(result),
+        "",
+    ]
+    lines += [f"- {note}." for note in result.read.notes]
+    if result.orchestrator:
+        lines += [line for line in _cross_check(result) if line.startswith("- Orchestrator")]
+    lines += [
+        "",
+        "Definitions, the per-step table and the step-attribution cross-check: `summary.md`. "
+        f"Generated by `{command}`.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _panels(result: Analysis) -> list[tuple[str, Rollouts]]:
+    rollouts = result.rollouts
+    size = result.options.group_size
+    n_steps = len(result.rows)
+    if size is None:
+        size = max(1, math.ceil(n_steps / MAX_PANELS))
+    out = []
+    for group in step_groups(rollouts.step, size):
+        name = f"step {group[0]}" if len(group) == 1 else f"steps {group[0]}-{group[-1]}"
+        out.append((name, rollouts.subset(np.isin(rollouts.step, group))))
+    return out
+
+
+def write_plots(result: Analysis, out: Path) -> None:
+    """The four figures (matplotlib imported here only)."""
+    groups = _panels(result)
+    rollout_panels = [
+        plots.Panel(name, part.p_yes[part.parseable], part.y[part.parseable], len(part))
+        for name, part in groups
+    ]
+    plots.reliability_grid(
+        rollout_panels, out / "calibration_curves.png", "Reliability of stated P(YES), per rollout"
+    )
+    if result.rollouts.has_identity:
+        ens_panels = []
+        for name, part in groups:
+            p, y, _, empty = ensemble(part)
+            ens_panels.append(plots.Panel(name + " (questions)", p, y, p.size + empty))
+        plots.reliability_grid(
+            ens_panels,
+            out / "calibration_curves_ensemble.png",
+            "Self-ensemble: mean P(YES) over a question's rollouts within a step",
+            xlabel="mean P(YES) of the question's parseable rollouts",
+        )
+    else:
+        plots.message_figure(
+            out / "calibration_curves_ensemble.png",
+            "Self-ensemble not available",
+            "This input carries no question identity (the original per-rollout CSV):\n"
+            "rollouts of one question cannot be grouped, and adjacent lines are not a question.",
+        )
+    plots.pyes_histograms(rollout_panels, out / "pyes_histograms.png")
+    plots.metric_curves(
+        result.rows,
+        out / "brier_over_time.png",
+        orchestrator=result.orchestrator,
+        max_tokens=result.options.max_tokens,
+        x_label="eval step" if result.options.split == "eval" else "training step",
+    )
+
+
+def write_outputs(result: Analysis, out: Path) -> list[Path]:
+    """Write every file of ``--out``; returns the paths written."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_metrics_by_step(result, out / "metrics_by_step.csv")
+    write_rollouts_csv(result.rollouts, out / "calibration_metrics.csv")
+    (out / "summary.md").write_text(summary_markdown(result))
+    if result.options.plots:
+        write_plots(result, out)
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return sorted(out.iterdir())
