@@ -1,0 +1,363 @@
+"""Checks run_training.sh and eval_model.sh make before spending GPU time.
+
+Runs with the Python of prime-rl's venv (3.12, where calibrated-qa is installed) and needs only
+the standard library, ``packaging`` and, for ``hf-access``, ``huggingface_hub``. Every subcommand
+prints what it found; a failed check exits non-zero with the reason on stderr.
+
+    launch_checks.py config CONFIG          config consistent with the environment
+    launch_checks.py get CONFIG KEY         model | max_tokens | max_steps | required_gpus
+    launch_checks.py env-args CONFIG [--log-dir DIR]   training env args as JSON
+    launch_checks.py hf-access MODEL        the Hugging Face token can read MODEL (gated)
+    launch_checks.py installed --source DIR the environment is installed from DIR, unshadowed
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.machinery
+import importlib.metadata
+import inspect
+import json
+import sys
+import sysconfig
+import tomllib
+from pathlib import Path
+from typing import Any
+
+ENV_ID = "calibrated-qa"
+PACKAGE = "calibrated_qa"
+DIST = "calibrated-qa"
+
+
+class CheckError(Exception):
+    """A failed check; the message says what is wrong and how to fix it."""
+
+
+# --------------------------------------------------------------------------- config
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise CheckError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise CheckError(f"{path} is not valid TOML: {exc}") from None
+
+
+def _env_id(env: dict[str, Any]) -> str:
+    return str(env.get("id", "")).split("@")[0]
+
+
+def required_gpus(config: dict[str, Any]) -> int:
+    """GPUs a single-node run uses: prime-rl's [deployment] defaults are 1 inference + 1 trainer."""
+    deployment = config.get("deployment", {})
+    if config.get("inference") is None:
+        return int(deployment.get("num_train_gpus", 1))
+    return (
+        int(deployment.get("num_infer_gpus", 1))
+        + int(deployment.get("num_train_gpus", 1))
+        + int(deployment.get("num_teacher_gpus") or 0)
+    )
+
+
+def model_name(config: dict[str, Any]) -> str:
+    name = config.get("model", {}).get("name")
+    if not name:
+        raise CheckError("the config sets no [model] name")
+    return name
+
+
+def train_env_args(config: dict[str, Any]) -> dict[str, Any]:
+    envs = [e for e in config.get("orchestrator", {}).get("env", []) if _env_id(e) == ENV_ID]
+    if len(envs) != 1:
+        raise CheckError(f"expected exactly one [[orchestrator.env]] with id = {ENV_ID!r}")
+    return dict(envs[0].get("args", {}))
+
+
+def config_problems(config: dict[str, Any], load_environment: Any) -> list[str]:
+    """Everything in ``config`` that disagrees with the environment or with itself.
+
+    ``load_environment`` is the environment's entry point: its signature decides which
+    arguments exist and what the defaults are (``max_tokens`` left out means its default).
+    """
+    problems: list[str] = []
+    signature = inspect.signature(load_environment)
+    orch = config.get("orchestrator", {})
+
+    batch_size = orch.get("batch_size")
+    rollouts = orch.get("rollouts_per_example")
+    if not isinstance(batch_size, int) or not isinstance(rollouts, int):
+        problems.append("set [orchestrator] batch_size and rollouts_per_example explicitly")
+    elif rollouts <= 0 or batch_size % rollouts != 0:
+        problems.append(
+            f"[orchestrator] batch_size ({batch_size}) is total rollouts per step and must be a "
+            f"multiple of rollouts_per_example ({rollouts})"
+        )
+
+    eval_cfg = orch.get("eval")
+    groups = [("orchestrator.env", orch.get("env", []), orch.get("sampling", {}))]
+    if eval_cfg is not None:
+        eval_envs = eval_cfg.get("env", [])
+        groups.append(("orchestrator.eval.env", eval_envs, eval_cfg.get("sampling", {})))
+
+    if not any(_env_id(e) == ENV_ID for e in orch.get("env", [])):
+        problems.append(f"no [[orchestrator.env]] with id = {ENV_ID!r}")
+    for table, envs, sampling in groups:
+        sampler_max = sampling.get("max_tokens")
+        sampling_table = table.rsplit(".", 1)[0] + ".sampling"
+        for env in envs:
+            if _env_id(env) != ENV_ID:
+                problems.append(f"[[{table}]] id {env.get('id')!r}: only {ENV_ID!r} is supported")
+                continue
+            args = env.get("args", {})
+            try:
+                bound = signature.bind(**args)
+            except TypeError as exc:
+                unknown = sorted(set(args) - set(signature.parameters))
+                problems.append(
+                    f"[[{table}]] args rejected by load_environment: {exc}"
+                    + (f" (unknown: {', '.join(unknown)})" if unknown else "")
+                )
+                continue
+            bound.apply_defaults()
+            if "log_dir" in args:
+                problems.append(
+                    f"[[{table}]] sets log_dir: leave it out, run_training.sh points "
+                    "CALIBRATED_QA_LOG_DIR at the run's output directory"
+                )
+            env_max = bound.arguments["max_tokens"]
+            if sampler_max is None:
+                problems.append(
+                    f"[{sampling_table}] max_tokens is not set: it must equal the "
+                    f"environment's max_tokens ({env_max})"
+                )
+            elif sampler_max != env_max:
+                problems.append(
+                    f"[[{table}]] max_tokens = {env_max} (the length penalty's M) differs from "
+                    f"[{sampling_table}] max_tokens = {sampler_max}: set both to the same value"
+                )
+    return problems
+
+
+# --------------------------------------------------------------------------- installed copy
+
+
+def _package_files(root: Path) -> dict[str, bytes]:
+    """The .py files of the package as the wheel ships them (``*.py`` and ``analysis/*.py``)."""
+    files = list(root.glob("*.py")) + list(root.glob("analysis/*.py"))
+    return {f.relative_to(root).as_posix(): f.read_bytes() for f in files}
+
+
+def _source_version(source: Path) -> str:
+    with open(source / "pyproject.toml", "rb") as f:
+        return tomllib.load(f)["project"]["version"]
+
+
+def installed_problems(source: Path, purelib: Path, search_path: list[Path]) -> list[str]:
+    """Why the copy Python would import from ``search_path`` is not this checkout's build.
+
+    ``source`` is the checkout's package folder, ``purelib`` the venv's site-packages and
+    ``search_path`` the import path in order (``sys.path`` for the real check).
+    """
+    from packaging.requirements import Requirement
+
+    problems: list[str] = []
+    source = source.resolve()
+    purelib = purelib.resolve()
+    expected = _source_version(source)
+
+    spec = importlib.machinery.PathFinder.find_spec(PACKAGE, [str(p) for p in search_path])
+    if spec is None or spec.origin is None:
+        return [f"{PACKAGE} is not importable: install it (uv pip install ... {source})"]
+    origin = Path(spec.origin).resolve()
+    if origin.parent == source or source in origin.parents:
+        problems.append(
+            f"{PACKAGE} is imported from the checkout itself ({origin}): an editable install or "
+            "the working directory is on sys.path; install it non-editable"
+        )
+    elif origin.name != "__init__.py" or origin.parent.parent != purelib:
+        problems.append(
+            f"{PACKAGE} resolves to {origin}, not to {purelib / PACKAGE}: a stale or foreign "
+            "copy shadows the installed package; remove it"
+        )
+
+    # Leftovers anywhere on the path: flat modules, editable hooks, second packages.
+    for entry in search_path:
+        if not entry.is_dir():
+            continue
+        for item in entry.iterdir():
+            name = item.name
+            if item.resolve() == purelib / PACKAGE:
+                continue
+            flat = name in (f"{PACKAGE}.py", PACKAGE) or name.startswith(f"{PACKAGE}.")
+            hook = name.endswith(".pth") and PACKAGE in name
+            if (flat and not name.endswith(".dist-info")) or hook:
+                problems.append(f"stale copy or editable hook on the import path: {item}")
+
+    dists = [
+        d
+        for d in importlib.metadata.distributions(path=[str(purelib)])
+        if d.metadata["Name"] and d.metadata["Name"].lower().replace("_", "-") == DIST
+    ]
+    if len(dists) != 1:
+        problems.append(
+            f"expected one {DIST} distribution in {purelib}, found {len(dists)}: reinstall it"
+        )
+    else:
+        dist = dists[0]
+        if dist.version != expected:
+            problems.append(
+                f"installed {DIST} is version {dist.version}, this checkout is {expected}"
+            )
+        installed_versions = {
+            (d.metadata["Name"] or "").lower().replace("_", "-"): d.version
+            for d in importlib.metadata.distributions(path=[str(p) for p in search_path])
+        }
+        for line in dist.requires or []:
+            req = Requirement(line)
+            if req.marker is not None and not req.marker.evaluate({"extra": ""}):
+                continue
+            have = installed_versions.get(req.name.lower().replace("_", "-"))
+            if have is None or not req.specifier.contains(have, prereleases=True):
+                problems.append(f"{DIST} requires {req}, installed: {have or 'nothing'}")
+
+    if origin.name == "__init__.py" and not problems:
+        ours, theirs = _package_files(source), _package_files(origin.parent)
+        changed = sorted(k for k in ours if ours[k] != theirs.get(k))
+        extra = sorted(set(theirs) - set(ours))
+        if changed or extra:
+            problems.append(
+                "the installed files differ from this checkout "
+                f"(changed/missing: {changed or '-'}, not in checkout: {extra or '-'}): "
+                "reinstall with --reinstall-package calibrated-qa"
+            )
+    return problems
+
+
+# --------------------------------------------------------------------------- Hugging Face
+
+
+def hf_access(model: str) -> str:
+    """Read access of the current token (HF_TOKEN or the cached login) to ``model``.
+
+    Asks the Hub every time (``auth_check``), so a revoked token or an unaccepted licence is
+    caught even when the model is already in the local cache. The token is never printed.
+    """
+    import huggingface_hub
+    from huggingface_hub.utils import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+
+    if not huggingface_hub.get_token():
+        raise CheckError("no Hugging Face token (HF_TOKEN, --hf-token-file or `hf auth login`)")
+    try:
+        huggingface_hub.auth_check(model)
+    except GatedRepoError:
+        raise CheckError(
+            f"the token has no access to the gated model {model}: accept its licence at "
+            f"https://huggingface.co/{model} with the account that owns the token"
+        ) from None
+    except RepositoryNotFoundError:
+        raise CheckError(f"{model} not found, or the token is invalid") from None
+    except HfHubHTTPError as exc:
+        status = getattr(exc.response, "status_code", "?")
+        raise CheckError(f"Hugging Face refused the request for {model} (HTTP {status})") from None
+    except Exception as exc:  # network errors come from several libraries
+        reason = type(exc).__name__
+        raise CheckError(f"could not ask huggingface.co about {model}: {reason}") from None
+    return f"token can read {model}"
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _load_environment() -> Any:
+    from calibrated_qa.environment import load_environment
+
+    return load_environment
+
+
+def _cmd_config(ns: argparse.Namespace) -> str:
+    config = load_config(ns.config)
+    problems = config_problems(config, _load_environment())
+    if problems:
+        raise CheckError("\n".join(f"{ns.config}: {p}" for p in problems))
+    orch = config["orchestrator"]
+    return (
+        f"{ns.config}: consistent with load_environment (batch_size={orch['batch_size']}, "
+        f"rollouts_per_example={orch['rollouts_per_example']}, "
+        f"max_tokens={orch['sampling']['max_tokens']}, gpus={required_gpus(config)})"
+    )
+
+
+def _cmd_get(ns: argparse.Namespace) -> str:
+    config = load_config(ns.config)
+    if ns.key == "model":
+        return model_name(config)
+    if ns.key == "required_gpus":
+        return str(required_gpus(config))
+    if ns.key == "max_steps":
+        steps = config.get("max_steps", config.get("orchestrator", {}).get("max_steps"))
+        if steps is None:
+            raise CheckError(f"{ns.config}: max_steps is not set")
+        return str(steps)
+    value = config.get("orchestrator", {}).get("sampling", {}).get("max_tokens")
+    if value is None:
+        raise CheckError(f"{ns.config}: [orchestrator.sampling] max_tokens is not set")
+    return str(value)
+
+
+def _cmd_env_args(ns: argparse.Namespace) -> str:
+    args = train_env_args(load_config(ns.config))
+    if ns.log_dir:
+        args["log_dir"] = ns.log_dir
+    return json.dumps(args, sort_keys=True)
+
+
+def _cmd_installed(ns: argparse.Namespace) -> str:
+    source = Path(ns.source)
+    purelib = Path(sysconfig.get_paths()["purelib"])
+    search = [Path(p or ".").resolve() for p in sys.path]
+    problems = installed_problems(source, purelib, search)
+    if problems:
+        raise CheckError("\n".join(problems))
+    import calibrated_qa
+
+    versions = {d: importlib.metadata.version(d) for d in ("verifiers", "datasets")}
+    return (
+        f"{calibrated_qa.__file__} {calibrated_qa.__version__} "
+        f"(verifiers {versions['verifiers']}, datasets {versions['datasets']})"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("config", help="config consistent with load_environment")
+    p.add_argument("config")
+    p.set_defaults(func=_cmd_config)
+    p = sub.add_parser("get", help="one value of a config")
+    p.add_argument("config")
+    p.add_argument("key", choices=["model", "max_tokens", "max_steps", "required_gpus"])
+    p.set_defaults(func=_cmd_get)
+    p = sub.add_parser("env-args", help="training env args of a config, as JSON")
+    p.add_argument("config")
+    p.add_argument("--log-dir")
+    p.set_defaults(func=_cmd_env_args)
+    p = sub.add_parser("hf-access", help="the Hugging Face token can read a (gated) model")
+    p.add_argument("model")
+    p.set_defaults(func=lambda ns: hf_access(ns.model))
+    p = sub.add_parser("installed", help="environment installed from this checkout, unshadowed")
+    p.add_argument("--source", required=True, help="the checkout's calibrated_qa/ folder")
+    p.set_defaults(func=_cmd_installed)
+    ns = parser.parse_args(argv)
+    try:
+        print(ns.func(ns))
+    except CheckError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
