@@ -5,7 +5,7 @@ the standard library, ``packaging`` and, for ``hf-access``, ``huggingface_hub``.
 prints what it found; a failed check exits non-zero with the reason on stderr.
 
     launch_checks.py config CONFIG          config consistent with the environment
-    launch_checks.py get CONFIG KEY         model | max_tokens | max_steps | required_gpus
+    launch_checks.py get CONFIG KEY         one value (see `get --help`)
     launch_checks.py env-args CONFIG [--log-dir DIR]   training env args as JSON
     launch_checks.py hf-access MODEL        the Hugging Face token can read MODEL (gated)
     launch_checks.py installed --source DIR the environment is installed from DIR, unshadowed
@@ -102,6 +102,10 @@ def config_problems(config: dict[str, Any], load_environment: Any) -> list[str]:
         eval_envs = eval_cfg.get("env", [])
         groups.append(("orchestrator.eval.env", eval_envs, eval_cfg.get("sampling", {})))
 
+    if eval_cfg is not None and not eval_cfg.get("env"):
+        problems.append(
+            "[orchestrator.eval] without [[orchestrator.eval.env]] evaluates prime-rl's default env"
+        )
     if not any(_env_id(e) == ENV_ID for e in orch.get("env", [])):
         problems.append(f"no [[orchestrator.env]] with id = {ENV_ID!r}")
     for table, envs, sampling in groups:
@@ -296,6 +300,8 @@ def _cmd_get(ns: argparse.Namespace) -> str:
         return model_name(config)
     if ns.key == "required_gpus":
         return str(required_gpus(config))
+    if ns.key == "batch_size":
+        return str(config.get("orchestrator", {}).get("batch_size"))
     if ns.key == "max_steps":
         steps = config.get("max_steps", config.get("orchestrator", {}).get("max_steps"))
         if steps is None:
@@ -338,7 +344,9 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=_cmd_config)
     p = sub.add_parser("get", help="one value of a config")
     p.add_argument("config")
-    p.add_argument("key", choices=["model", "max_tokens", "max_steps", "required_gpus"])
+    p.add_argument(
+        "key", choices=["model", "batch_size", "max_tokens", "max_steps", "required_gpus"]
+    )
     p.set_defaults(func=_cmd_get)
     p = sub.add_parser("env-args", help="training env args of a config, as JSON")
     p.add_argument("config")

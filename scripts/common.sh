@@ -1,0 +1,79 @@
+# shellcheck shell=bash
+# Shared by setup_runpod.sh, run_training.sh and eval_model.sh (sourced, not run).
+# shellcheck disable=SC2034 # the pins below are used by the scripts that source this file
+
+# The pinned stack (see docs/training.md). Override the commit with PRIME_RL_COMMIT=<sha>.
+PRIME_RL_PIN=6cae5cca734d0063951efaf700ca9e4bc39c8677
+PRIME_RL_URL=https://github.com/PrimeIntellect-ai/prime-rl.git
+UV_PIN=0.13.9
+
+say() { printf '==> %s\n' "$*"; }
+warn() { printf 'WARNING: %s\n' "$*" >&2; }
+# die MESSAGE...: every failed check ends here, with its own message and exit status 1.
+die() {
+  printf 'ERROR: %s\n' "$1" >&2
+  shift
+  local line
+  for line in "$@"; do printf '       %s\n' "$line" >&2; done
+  exit 1
+}
+
+# The version of calibrated-qa in this checkout (calibrated_qa/pyproject.toml).
+checkout_version() {
+  sed -n 's/^version *= *"\(.*\)"/\1/p' "$1/calibrated_qa/pyproject.toml" | head -n 1
+}
+
+# install_environment PRIME_RL_DIR REPO_DIR
+# Installs this checkout's calibrated-qa into prime-rl's venv: non-editable, rebuilt from source
+# every time (no stale build is reused), and without dependencies: prime-rl's lock already
+# provides verifiers 0.1.12.dev1 and datasets, and resolving them again could "upgrade"
+# verifiers past the classic API. Run it after every `uv sync` (which removes the package).
+install_environment() {
+  local prime_rl_dir=$1 repo_dir=$2
+  say "Installing calibrated-qa $(checkout_version "$repo_dir") from $repo_dir/calibrated_qa into prime-rl's venv"
+  uv pip install --python "$prime_rl_dir/.venv/bin/python" --no-deps \
+    --reinstall-package calibrated-qa "$repo_dir/calibrated_qa"
+}
+
+# check_environment PRIME_RL_DIR REPO_DIR: importable from prime-rl's venv, at this checkout's
+# version and content, nothing shadowing it, its requirements (verifiers, datasets) satisfied.
+# Runs from prime-rl's folder, the working directory of the processes that import it in training.
+check_environment() {
+  local prime_rl_dir=$1 repo_dir=$2
+  (cd "$prime_rl_dir" && .venv/bin/python "$repo_dir/scripts/launch_checks.py" installed \
+    --source "$repo_dir/calibrated_qa")
+}
+
+# launch_check PRIME_RL_DIR REPO_DIR ARGS...: scripts/launch_checks.py with prime-rl's Python.
+launch_check() {
+  local prime_rl_dir=$1 repo_dir=$2
+  shift 2
+  "$prime_rl_dir/.venv/bin/python" "$repo_dir/scripts/launch_checks.py" "$@"
+}
+
+# read_token_file FILE: exports HF_TOKEN from FILE for child processes; never printed.
+read_token_file() {
+  [[ -r $1 ]] || die "Hugging Face token file not readable: $1"
+  HF_TOKEN=$(tr -d '[:space:]' <"$1")
+  [[ -n $HF_TOKEN ]] || die "Hugging Face token file is empty: $1"
+  export HF_TOKEN
+}
+
+# has_hf_token: HF_TOKEN set, or a token saved by `hf auth login` / `huggingface-cli login`.
+has_hf_token() {
+  [[ -n ${HF_TOKEN:-} ]] || [[ -s ${HF_TOKEN_PATH:-${HF_HOME:-$HOME/.cache/huggingface}/token} ]]
+}
+
+# gpu_table: "index, memory.used MiB" of each GPU visible to this process (CUDA_VISIBLE_DEVICES).
+gpu_table() {
+  local rows
+  rows=$(nvidia-smi --query-gpu=index,memory.used --format=csv,noheader,nounits) || return 1
+  if [[ -n ${CUDA_VISIBLE_DEVICES:-} ]]; then
+    local id
+    for id in ${CUDA_VISIBLE_DEVICES//,/ }; do
+      grep -E "^ *${id} *," <<<"$rows" || true
+    done
+  else
+    printf '%s\n' "$rows"
+  fi
+}

@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# Install the pinned prime-rl on a fresh RunPod GPU box. Safe to re-run: finished steps are skipped.
+set -euo pipefail
+
+REPO_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=scripts/common.sh
+source "$REPO_DIR/scripts/common.sh"
+
+usage() {
+  cat <<EOF
+Usage: setup_runpod.sh [--prime-rl-dir DIR] [--commit SHA] [--help]
+
+Installs prime-rl at a pinned commit and this checkout's calibrated-qa environment into its venv:
+  1. uv $UV_PIN from PyPI (python3 -m pip), unless that version is already on PATH
+  2. Python 3.12, provided by uv
+  3. prime-rl cloned into DIR and checked out at the pinned commit (verified)
+  4. uv sync --all-extras --locked --no-dev in DIR (skipped when already in sync)
+  5. calibrated-qa installed into DIR/.venv with uv pip install (never uv sync), then verified
+Prints the versions it ends with. Re-running it does no step twice.
+
+Options:
+  --prime-rl-dir DIR   where prime-rl goes (default: \$PRIME_RL_DIR or \$HOME/prime-rl)
+  --commit SHA         prime-rl commit (default: \$PRIME_RL_COMMIT or the pin $PRIME_RL_PIN)
+  -h, --help           this help
+EOF
+}
+
+PRIME_RL_DIR=${PRIME_RL_DIR:-$HOME/prime-rl}
+COMMIT=${PRIME_RL_COMMIT:-$PRIME_RL_PIN}
+while [[ $# -gt 0 ]]; do
+  case $1 in
+    --prime-rl-dir) PRIME_RL_DIR=${2:?--prime-rl-dir needs a value}; shift 2 ;;
+    --commit) COMMIT=${2:?--commit needs a value}; shift 2 ;;
+    -h | --help) usage; exit 0 ;;
+    *) usage >&2; die "unknown argument: $1" ;;
+  esac
+done
+
+say "[1/5] uv $UV_PIN"
+if [[ $(uv --version 2>/dev/null | cut -d' ' -f2) == "$UV_PIN" ]]; then
+  echo "uv $UV_PIN already installed: $(command -v uv)"
+else
+  command -v python3 >/dev/null || die "python3 not found: it is needed once, to install uv from PyPI"
+  python3 -m pip install --quiet --disable-pip-version-check "uv==$UV_PIN" ||
+    die "could not install uv $UV_PIN with pip" \
+      "on an externally managed Python, retry with PIP_BREAK_SYSTEM_PACKAGES=1"
+  hash -r
+  [[ $(uv --version 2>/dev/null | cut -d' ' -f2) == "$UV_PIN" ]] ||
+    die "uv $UV_PIN was installed but another uv comes first on PATH: $(command -v uv || echo none)"
+fi
+
+say "[2/5] Python 3.12 (managed by uv)"
+if uv python find 3.12 >/dev/null 2>&1; then
+  echo "Python 3.12 already available: $(uv python find 3.12)"
+else
+  uv python install 3.12
+fi
+
+say "[3/5] prime-rl at $COMMIT in $PRIME_RL_DIR"
+if [[ ! -d $PRIME_RL_DIR/.git ]]; then
+  [[ ! -e $PRIME_RL_DIR ]] || die "$PRIME_RL_DIR exists but is not a git checkout; move it away"
+  git clone "$PRIME_RL_URL" "$PRIME_RL_DIR"
+fi
+if [[ $(git -C "$PRIME_RL_DIR" rev-parse HEAD) != "$COMMIT"* ]]; then
+  [[ -z $(git -C "$PRIME_RL_DIR" status --porcelain --untracked-files=no) ]] ||
+    die "$PRIME_RL_DIR has local changes; commit or discard them before switching commits"
+  git -C "$PRIME_RL_DIR" cat-file -e "$COMMIT^{commit}" 2>/dev/null ||
+    git -C "$PRIME_RL_DIR" fetch origin "$COMMIT"
+  git -C "$PRIME_RL_DIR" -c advice.detachedHead=false checkout --detach "$COMMIT"
+fi
+HEAD_SHA=$(git -C "$PRIME_RL_DIR" rev-parse HEAD)
+[[ $HEAD_SHA == "$COMMIT"* ]] || die "prime-rl is at $HEAD_SHA after checkout, expected $COMMIT"
+echo "prime-rl at $HEAD_SHA"
+
+say "[4/5] prime-rl's locked environment"
+SYNC=(uv sync --all-extras --locked --no-dev)
+if [[ -z ${CUDA_HOME:-} && -d /usr/local/cuda ]]; then
+  export CUDA_HOME=/usr/local/cuda # for packages built from source during the sync
+fi
+if (cd "$PRIME_RL_DIR" && "${SYNC[@]}" --inexact --check >/dev/null 2>&1); then
+  echo "already in sync with uv.lock"
+  SYNCED=0
+else
+  (cd "$PRIME_RL_DIR" && "${SYNC[@]}")
+  SYNCED=1
+fi
+
+say "[5/5] calibrated-qa environment in prime-rl's venv"
+if [[ $SYNCED == 0 ]] && check_environment "$PRIME_RL_DIR" "$REPO_DIR" >/dev/null 2>&1; then
+  echo "calibrated-qa $(checkout_version "$REPO_DIR") already installed from this checkout"
+else
+  install_environment "$PRIME_RL_DIR" "$REPO_DIR"
+fi
+INSTALLED=$(check_environment "$PRIME_RL_DIR" "$REPO_DIR") ||
+  die "calibrated-qa is not correctly installed in $PRIME_RL_DIR/.venv (see above)"
+
+say "Versions"
+echo "uv:            $(uv --version)"
+echo "python:        $("$PRIME_RL_DIR/.venv/bin/python" --version)"
+echo "prime-rl:      $HEAD_SHA"
+echo "calibrated-qa: $INSTALLED"
+(cd "$PRIME_RL_DIR" && .venv/bin/python - <<'PY') || warn "could not import the training stack"
+from importlib.metadata import version
+for name in ("torch", "vllm", "transformers", "verifiers"):
+    print(f"{name + ':':15}{version(name)}")
+PY
+say "Setup complete. Next: bash run_training.sh --dry-run"
