@@ -1,0 +1,190 @@
+"""Metrics against independent oracles (scikit-learn, hand computation) and their edge cases."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sklearn.calibration import calibration_curve
+from sklearn.metrics import brier_score_loss, roc_auc_score
+
+from calibrated_qa.analysis.aggregate import summarize
+from calibrated_qa.analysis.metrics import (
+    auroc,
+    brier,
+    expected_calibration_error,
+    percent_bin,
+    reliability_bins,
+    rollout_metrics,
+)
+from calibrated_qa.analysis.readers import Rollouts
+
+RNG = np.random.default_rng(1234)
+
+
+def off_edge_probabilities(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Integer percents that are not multiples of 10, so float and integer binning agree."""
+    pct = RNG.integers(0, 100, n)
+    pct = np.where(pct % 10 == 0, pct + 3, pct)
+    p = pct / 100
+    y = RNG.random(n) < p  # roughly calibrated, with noise
+    return p, y
+
+
+def test_brier_matches_sklearn() -> None:
+    p, y = off_edge_probabilities(500)
+    assert brier(p, y) == pytest.approx(brier_score_loss(y, p), abs=1e-12)
+
+
+def test_reliability_bins_match_sklearn_calibration_curve() -> None:
+    p, y = off_edge_probabilities(2000)
+    count, mean_p, freq = reliability_bins(p, y)
+    prob_true, prob_pred = calibration_curve(y, p, n_bins=10, strategy="uniform")
+    filled = count > 0
+    np.testing.assert_allclose(freq[filled], prob_true, atol=1e-12)
+    np.testing.assert_allclose(mean_p[filled], prob_pred, atol=1e-12)
+
+
+def test_ece_matches_oracle_built_on_sklearn() -> None:
+    p, y = off_edge_probabilities(2000)
+    prob_true, prob_pred = calibration_curve(y, p, n_bins=10, strategy="uniform")
+    counts = np.histogram(p, bins=np.linspace(0, 1, 11))[0]
+    counts = counts[counts > 0]
+    oracle = np.sum(counts * np.abs(prob_true - prob_pred)) / p.size
+    assert expected_calibration_error(p, y) == pytest.approx(oracle, abs=1e-12)
+
+
+def test_ece_hand_computed() -> None:
+    # bin [20,30): p 0.2, 0.2 with outcomes 0, 1 -> |0.2 - 0.5| = 0.3, weight 2/4
+    # bin [90,100]: p 0.9, 1.0 with outcomes 1, 1 -> |0.95 - 1| = 0.05, weight 2/4
+    assert expected_calibration_error([0.2, 0.2, 0.9, 1.0], [0, 1, 1, 1]) == pytest.approx(0.175)
+    assert math.isnan(expected_calibration_error([], []))
+
+
+@pytest.mark.parametrize(
+    ("p", "expected_bin"),
+    [
+        (0.3, 3),
+        (0.6, 6),
+        (0.7, 7),
+        (1 - 0.7, 3),
+        (1 - 0.4, 6),
+        (0.0, 0),
+        (1.0, 9),
+        (0.99, 9),
+        (0.094, 0),
+        (0.095, 1),
+        (0.29, 2),
+    ],
+)
+def test_integer_percent_binning(p: float, expected_bin: int) -> None:
+    """30%, 60%, 70% land in their own bins (float edges put 0.3 and 0.6 in the bin below)."""
+    assert percent_bin([p])[0] == expected_bin
+
+
+def test_float_edges_would_misbin_and_ours_do_not() -> None:
+    edges = np.arange(0, 1.01, 0.1)  # the original recipe's edges
+    assert np.searchsorted(edges, 0.3, side="right") - 1 == 2  # 0.3 < edges[3]: bin below
+    assert list(percent_bin([0.3, 0.6, 0.7])) == [3, 6, 7]
+
+
+def test_auroc_matches_sklearn_with_ties_and_weights() -> None:
+    score = RNG.integers(50, 101, 400) / 100  # many ties, as integer percents have
+    label = RNG.random(400) < score
+    assert auroc(score, label) == pytest.approx(roc_auc_score(label, score), abs=1e-12)
+    w = RNG.integers(0, 4, 400).astype(float)
+    assert auroc(score, label, w) == pytest.approx(
+        roc_auc_score(label, score, sample_weight=w), abs=1e-12
+    )
+
+
+def test_auroc_undefined_with_one_class() -> None:
+    assert math.isnan(auroc([0.6, 0.9], [1, 1]))
+
+
+def test_integer_weights_equal_repetition() -> None:
+    """The bootstrap's weights must mean 'this rollout appears w times'."""
+    p, y = off_edge_probabilities(60)
+    w = RNG.integers(0, 4, 60)
+    rep_p, rep_y = np.repeat(p, w), np.repeat(y, w)
+    assert expected_calibration_error(p, y, w) == pytest.approx(
+        expected_calibration_error(rep_p, rep_y)
+    )
+    assert brier(p, y, w) == pytest.approx(brier(rep_p, rep_y))
+    assert auroc(p, y, w) == pytest.approx(auroc(rep_p, rep_y))
+
+
+@pytest.mark.parametrize("bad", [[0.5, float("nan")], [1.2], [-0.1]])
+def test_invalid_probabilities_are_refused(bad: list[float]) -> None:
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        expected_calibration_error(bad, [1] * len(bad))
+
+
+def test_unparseable_rollouts_count_in_parse_rate_and_accuracy_only() -> None:
+    values = rollout_metrics(
+        parseable=np.array([True, True, False, False]),
+        correct=np.array([True, False, False, False]),
+        p_yes=np.array([0.9, 0.8, np.nan, np.nan]),
+        confidence=np.array([0.9, 0.8, np.nan, np.nan]),
+        y=np.array([True, False, True, False]),
+    )
+    assert values["parse_rate"] == 0.5
+    assert values["accuracy"] == 0.25  # 1 correct of 4 rollouts, not of 2 parseable
+    assert values["brier"] == pytest.approx((0.01 + 0.64) / 2)
+
+
+def _rollouts(rows: list[tuple[bool, int | None, bool, float, int]]) -> Rollouts:
+    n = len(rows)
+    y = np.array([r[0] for r in rows])
+    ok = np.array([r[1] is not None for r in rows])
+    pct = np.array([np.nan if r[1] is None else r[1] for r in rows], dtype=float)
+    says_yes = np.array([r[2] for r in rows])
+    p = np.where(says_yes, pct / 100, 1 - pct / 100)
+    calib = np.where(ok, 1 - (p - y) ** 2, 0.0)
+    pen = np.array([r[3] for r in rows])
+    return Rollouts(
+        index=np.arange(n),
+        file=np.zeros(n, int),
+        line=np.arange(1, n + 1),
+        step=np.zeros(n, int),
+        question=np.array([r[4] for r in rows]),
+        y=y,
+        parseable=ok,
+        correct=ok & (says_yes == y),
+        p_yes=np.where(ok, p, np.nan),
+        confidence=np.where(ok, pct / 100, np.nan),
+        reward=calib + pen,
+        calibration_reward=calib,
+        length_penalty=pen,
+        length=np.full(n, 50.0),
+        fmt="project",
+    )
+
+
+rollout_rows = st.lists(
+    st.tuples(
+        st.booleans(),
+        st.one_of(st.none(), st.integers(0, 100)),
+        st.booleans(),
+        st.floats(-1, 0),
+        st.integers(0, 5),
+    ),
+    min_size=1,
+    max_size=40,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(rollout_rows)
+def test_metrics_never_crash_on_valid_rollouts(rows: list) -> None:
+    values = summarize(_rollouts(rows))
+    for name in ("parse_rate", "accuracy", "penalized_frac"):
+        assert 0 <= values[name] <= 1
+    for name in ("brier", "ece_pyes", "ece_conf", "auroc", "ensemble_brier", "ensemble_ece_pyes"):
+        assert math.isnan(values[name]) or 0 <= values[name] <= 1
+    assert values["reward"] == pytest.approx(
+        values["calibration_reward"] + values["length_penalty"]
+    )

@@ -1,0 +1,213 @@
+"""Readers: the three formats agree, gzip by magic bytes, and every kind of bad input is loud."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from calibrated_qa.analysis.aggregate import summarize
+from calibrated_qa.analysis.readers import (
+    AnalysisInputError,
+    TornLineWarning,
+    question_from_prompt,
+    read_rollouts,
+)
+from calibrated_qa.records import RecordError
+from tests.fixtures.analysis.build import (
+    Rollout,
+    project_record,
+    run,
+    write_csv,
+    write_original,
+    write_project,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "analysis"
+REFERENCE_CSV = FIXTURES / "reference_steps_0_11.csv"
+
+
+def analyze_cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(REPO / "analyze_calibration.py"), "--quiet", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
+
+
+def test_three_formats_read_to_the_same_metrics(tmp_path: Path) -> None:
+    rollouts = run(n_steps=2, questions=4, rollouts=4)
+    paths = [
+        write_project(tmp_path / "p.jsonl", rollouts),
+        write_original(tmp_path / "o.jsonl", rollouts),
+        write_csv(tmp_path / "c.csv", rollouts, batch_size=16),
+    ]
+    results = [summarize(read_rollouts([p], progress=False)[0]) for p in paths]
+    assert results[0]["parse_rate"] < 1  # the fixture holds unparseable rollouts
+    for name, value in results[0].items():
+        assert results[1][name] == pytest.approx(value, nan_ok=True), name
+        if name not in ("mean_length", "ensemble_brier", "ensemble_ece_pyes"):  # not in the CSV
+            assert results[2][name] == pytest.approx(value, nan_ok=True), name
+
+
+def test_gzip_is_detected_by_magic_bytes_not_name(tmp_path: Path) -> None:
+    rollouts = run(n_steps=1)
+    plain = write_project(tmp_path / "plain.jsonl", rollouts)
+    disguised = tmp_path / "compressed.jsonl"  # gzip content, plain name
+    disguised.write_bytes(gzip.compress(plain.read_bytes()))
+    a, _ = read_rollouts([plain], progress=False)
+    b, _ = read_rollouts([disguised], progress=False)
+    np.testing.assert_array_equal(a.p_yes, b.p_yes)
+
+
+def test_original_log_unparseable_rows_are_not_fifty_percent_predictions(tmp_path: Path) -> None:
+    rollouts = [
+        Rollout(1, "q one", True, "YES", pct=90, words=30),
+        Rollout(2, "q two", True, None, words=30),  # original log: p_yes 0.5, brier 0.25
+    ]
+    r, _ = read_rollouts([write_original(tmp_path / "o.jsonl", rollouts)], progress=False)
+    values = summarize(r)
+    assert values["parse_rate"] == 0.5
+    assert values["accuracy"] == 0.5  # the unparseable one is wrong, not dropped
+    assert values["brier"] == pytest.approx(0.01)  # its 0.25 is not averaged in
+
+
+def test_original_log_question_is_the_last_question_line() -> None:
+    prompt = "[user] Example\nQuestion: Is it the example?\n\nPassage: x\n\nQuestion: is it real?\n"
+    assert question_from_prompt(prompt) == "is it real"
+
+
+def test_reference_csv_detects_certainly_unparseable_rows() -> None:
+    r, report = read_rollouts([REFERENCE_CSV], progress=False)
+    assert report.fmt == "original-csv"
+    assert report.certain_unparseable == 12
+    assert int((~r.parseable).sum()) == 12
+    assert not r.has_identity
+    assert sorted(set(r.step.tolist())) == [0, 11]
+    assert any("parseable column is 1 on every row" in note for note in report.notes)
+
+
+def test_several_files_are_one_run_in_order(tmp_path: Path) -> None:
+    rollouts = run(n_steps=2)
+    first = write_project(tmp_path / "a.jsonl", rollouts[:16])
+    second = write_project(tmp_path / "b.jsonl.gz", rollouts[16:], gz=True)
+    r, report = read_rollouts([first, second], progress=False)
+    assert len(r) == 32 and list(r.index) == list(range(32))
+    assert list(r.file[:16]) == [0] * 16 and list(r.file[16:]) == [1] * 16
+    assert report.files == [str(first), str(second)]
+
+
+def test_split_filter_counts_the_other_split(tmp_path: Path) -> None:
+    rollouts = [*run(n_steps=1), Rollout(99, "held out", True, "YES", split="eval")]
+    r, report = read_rollouts(
+        [write_project(tmp_path / "p.jsonl", rollouts)], split="train", progress=False
+    )
+    assert len(r) == 16 and report.other_split == 1
+
+
+def test_torn_last_line_warns_and_continues(tmp_path: Path) -> None:
+    path = write_project(tmp_path / "p.jsonl", run(n_steps=1))
+    with open(path, "a") as f:
+        f.write(json.dumps(project_record(run(n_steps=1)[0]))[:40])  # no newline: torn
+    with pytest.warns(TornLineWarning, match=r"p\.jsonl:17"):
+        r, report = read_rollouts([path], progress=False)
+    assert len(r) == 16 and report.torn_lines == [f"{path}:17"]
+
+
+def _with_bad_middle_line(tmp_path: Path) -> Path:
+    lines = write_project(tmp_path / "p.jsonl", run(n_steps=1)).read_text().splitlines(True)
+    lines.insert(5, '{"schema": 1, "time": 1.0, "pid\n')  # line 6, newline-terminated
+    path = tmp_path / "bad.jsonl"
+    path.write_text("".join(lines))
+    return path
+
+
+def test_malformed_middle_line_is_an_error_naming_file_and_line(tmp_path: Path) -> None:
+    path = _with_bad_middle_line(tmp_path)
+    with pytest.raises(AnalysisInputError, match=r"bad\.jsonl:6: malformed line"):
+        read_rollouts([path], progress=False)
+    done = analyze_cli("--generations", path, "--batch-size", "16", "--out", tmp_path / "o")
+    assert done.returncode == 2
+    assert f"{path}:6" in done.stderr and "--skip-bad-lines" in done.stderr
+    assert not (tmp_path / "o" / "summary.md").exists()
+
+
+def test_skip_bad_lines_skips_and_counts(tmp_path: Path) -> None:
+    path = _with_bad_middle_line(tmp_path)
+    r, report = read_rollouts([path], skip_bad_lines=True, progress=False)
+    assert len(r) == 16 and report.skipped_lines == [f"{path}:6"]
+    out = tmp_path / "o"
+    done = analyze_cli(
+        "--generations",
+        path,
+        "--batch-size",
+        "16",
+        "--out",
+        out,
+        "--skip-bad-lines",
+        "--no-plots",
+        "--bootstrap",
+        "20",
+    )
+    assert done.returncode == 0, done.stderr
+    assert "1 malformed line(s) skipped" in (out / "summary.md").read_text()
+
+
+def test_empty_file_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "empty.jsonl"
+    path.write_text("")
+    done = analyze_cli("--generations", path, "--batch-size", "16", "--out", tmp_path / "o")
+    assert done.returncode == 2 and "empty file" in done.stderr
+
+
+def test_missing_field_is_an_error_naming_it(tmp_path: Path) -> None:
+    record = project_record(run(n_steps=1)[0])
+    del record["ground_truth"]
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps(record) + "\n")
+    with pytest.raises(RecordError, match=r"p\.jsonl:1: missing field\(s\) ground_truth"):
+        read_rollouts([path], progress=False)
+    done = analyze_cli("--generations", path, "--batch-size", "1", "--out", tmp_path / "o")
+    assert done.returncode == 2 and "ground_truth" in done.stderr
+
+
+def test_unknown_format_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "other.jsonl"
+    path.write_text('{"prompt": "x", "answer": "y"}\n')
+    done = analyze_cli("--generations", path, "--batch-size", "1", "--out", tmp_path / "o")
+    assert done.returncode == 2 and "unknown format" in done.stderr
+    text = tmp_path / "notes.txt"
+    text.write_text("hello\n")
+    with pytest.raises(AnalysisInputError, match="unknown format"):
+        read_rollouts([text], progress=False)
+
+
+def test_mixed_formats_are_an_error(tmp_path: Path) -> None:
+    rollouts = run(n_steps=1)
+    a = write_project(tmp_path / "a.jsonl", rollouts)
+    b = write_original(tmp_path / "b.jsonl", rollouts)
+    with pytest.raises(AnalysisInputError, match="different formats"):
+        read_rollouts([a, b], progress=False)
+
+
+def test_missing_file_is_an_error(tmp_path: Path) -> None:
+    done = analyze_cli(
+        "--generations", tmp_path / "nope.jsonl", "--batch-size", "1", "--out", tmp_path / "o"
+    )
+    assert done.returncode == 2 and "no such file" in done.stderr
+
+
+def test_nan_free_columns_for_parseable_rollouts(tmp_path: Path) -> None:
+    r, _ = read_rollouts([write_project(tmp_path / "p.jsonl", run())], progress=False)
+    assert not np.isnan(r.p_yes[r.parseable]).any()
+    assert np.isnan(r.p_yes[~r.parseable]).all()
+    assert not math.isnan(float(r.length.mean()))

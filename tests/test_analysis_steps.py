@@ -1,0 +1,163 @@
+"""Step attribution, eval rounds, the orchestrator cross-check, configs, ensemble, bootstrap."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from calibrated_qa.analysis.aggregate import ensemble, step_rows, with_intervals
+from calibrated_qa.analysis.readers import AnalysisInputError, read_rollouts
+from calibrated_qa.analysis.steps import (
+    attribute_eval_rounds,
+    attribute_steps,
+    group_purity,
+    read_orchestrator_rewards,
+    read_run_shape,
+)
+from tests.fixtures.analysis.build import Rollout, run, write_project
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _read(tmp_path: Path, rollouts: list[Rollout]):
+    return read_rollouts([write_project(tmp_path / "p.jsonl", rollouts)], progress=False)[0]
+
+
+def test_steps_are_index_floor_batch_size(tmp_path: Path) -> None:
+    r = _read(tmp_path, run(n_steps=3))
+    attribution = attribute_steps(r, 16)
+    assert list(r.step) == [i // 16 for i in range(48)]
+    assert "index // 16" in attribution.method
+
+
+def test_count_not_multiple_of_batch_size_is_an_error_unless_allowed(tmp_path: Path) -> None:
+    r = _read(tmp_path, run(n_steps=3)[:40])
+    with pytest.raises(AnalysisInputError, match=r"40 records is not a multiple of batch_size=16"):
+        attribute_steps(r, 16)
+    attribution = attribute_steps(r, 16, allow_partial=True)
+    assert attribution.partial_step == 2 and attribution.partial_count == 8
+
+
+def test_unknown_batch_size_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(AnalysisInputError, match="--config or --batch-size"):
+        attribute_steps(_read(tmp_path, run(n_steps=1)), None)
+
+
+def test_eval_rounds_follow_prime_rl_cadence(tmp_path: Path) -> None:
+    r = _read(tmp_path, run(n_steps=3))  # 3 rounds of 16
+    attribute_eval_rounds(r, 16, 10)
+    assert sorted(set(r.step.tolist())) == [0, 10, 20]
+    attribute_eval_rounds(r, 16, 10, base_model=False)
+    assert sorted(set(r.step.tolist())) == [10, 20, 30]
+    with pytest.raises(AnalysisInputError, match="eval round size 20"):
+        attribute_eval_rounds(r, 20, 10)
+
+
+def test_eval_round_size_from_distinct_questions(tmp_path: Path) -> None:
+    # num_examples = -1: the same 4 questions x 4 rollouts evaluated in each of 2 rounds
+    rollouts = [
+        Rollout(q, f"q{q}", q % 2 == 0, "YES", split="eval")
+        for _ in range(2)
+        for q in range(4)
+        for _ in range(4)
+    ]
+    r = read_rollouts(
+        [write_project(tmp_path / "e.jsonl", rollouts)], split="eval", progress=False
+    )[0]
+    attribute_eval_rounds(r, None, 10, rollouts_per_example=4)
+    assert sorted(set(r.step.tolist())) == [0, 10]
+
+
+def test_orchestrator_stdout_and_tsv(tmp_path: Path) -> None:
+    stdout = tmp_path / "orchestrator.stdout"
+    stdout.write_text(
+        "19:07:16    INFO Starting orchestrator step 0\n"
+        "\x1b[32m19:07:16 SUCCESS\x1b[0m Step 0 | Time: 8.98s | Reward: 0.3787 | Seq. Length: "
+        "473.6 tokens/sample | Async Level: 0 | Max. Off-Policy Level: 0\n"
+        "19:09:11 SUCCESS Step 1 | Time: 114.00s | Reward: 0.3305 | Val. Reward: 0.9000 | Seq. "
+        "Length: 470.2 tokens/sample | Async Level: 0 | Max. Off-Policy Level: 1\n"
+    )
+    assert read_orchestrator_rewards(stdout) == {0: 0.3787, 1: 0.3305}
+    tsv = REPO / "results" / "reference" / "input" / "orchestrator_steps.tsv"
+    rewards = read_orchestrator_rewards(tsv)
+    assert len(rewards) == 50 and rewards[0] == 0.3787 and rewards[49] == 0.9110
+    empty = tmp_path / "empty.log"
+    empty.write_text("nothing here\n")
+    with pytest.raises(AnalysisInputError, match="no per-step rewards"):
+        read_orchestrator_rewards(empty)
+
+
+def test_config_nested_and_top_level(tmp_path: Path) -> None:
+    shape = read_run_shape(REPO / "configs" / "calibrated_qa_gemma2_2b.toml")
+    assert (shape.batch_size, shape.rollouts_per_example, shape.max_tokens) == (1024, 8, 512)
+    assert shape.eval_interval == 10 and shape.eval_rollouts_per_example == 1
+    assert shape.eval_size is None  # num_examples = -1: derived from the log
+    flat = tmp_path / "orch.toml"
+    flat.write_text(
+        "batch_size = 64\nrollouts_per_example = 8\n[sampling]\nmax_tokens = 256\n"
+        "[eval]\ninterval = 5\nnum_examples = 10\nrollouts_per_example = 2\n"
+    )
+    shape = read_run_shape(flat)
+    assert (shape.batch_size, shape.max_tokens, shape.eval_size, shape.eval_interval) == (
+        64,
+        256,
+        20,
+        5,
+    )
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[orchestrator]\nbatch_size = 0\n")
+    with pytest.raises(AnalysisInputError, match="batch_size must be a positive integer"):
+        read_run_shape(bad)
+
+
+def test_self_ensemble_groups_by_question_not_adjacent_lines(tmp_path: Path) -> None:
+    rollouts = run(n_steps=1, questions=4, rollouts=4, interleave=True, unparseable_every=10**6)
+    r = _read(tmp_path, rollouts)
+    attribute_steps(r, 16)
+    p, _, _, empty = ensemble(r)
+    expected = {}
+    for ro, p_yes in zip(rollouts, r.p_yes, strict=True):
+        expected.setdefault(ro.example_id, []).append(p_yes)
+    assert empty == 0
+    np.testing.assert_allclose(sorted(p), sorted(np.mean(v) for v in expected.values()))
+    adjacent = [np.mean(r.p_yes[i : i + 4]) for i in range(0, 16, 4)]  # the original's grouping
+    assert sorted(adjacent) != pytest.approx(sorted(p))
+
+
+def test_group_purity_sees_rollouts_crossing_a_step_boundary(tmp_path: Path) -> None:
+    rollouts = run(n_steps=2, interleave=False, unparseable_every=10**6)
+    rollouts[15], rollouts[16] = rollouts[16], rollouts[15]  # one swap across the boundary
+    r = _read(tmp_path, rollouts)
+    attribute_steps(r, 16)
+    assert group_purity(r, 4) == (4, 10)
+    assert group_purity(r, None) is None
+
+
+def test_bootstrap_resamples_questions_and_is_wider_than_rollouts(tmp_path: Path) -> None:
+    # 20 questions x 8 identical rollouts: rollouts are perfectly correlated within a question
+    rollouts = [
+        Rollout(q, f"q{q}", True, "YES" if q % 3 else "NO", pct=80, words=30)
+        for q in range(20)
+        for _ in range(8)
+    ]
+    r = _read(tmp_path, rollouts)
+    attribute_steps(r, 160)
+    by_question, unit = with_intervals(r, resamples=300)
+    assert unit == "questions"
+    r.question[:] = -1  # forget identity: falls back to rollouts
+    by_rollout, unit = with_intervals(r, resamples=300)
+    assert unit.startswith("rollouts")
+    acc_q, acc_r = by_question["accuracy"], by_rollout["accuracy"]
+    assert acc_q.value == acc_r.value == pytest.approx(13 / 20)
+    assert acc_q.low <= acc_q.value <= acc_q.high
+    assert (acc_q.high - acc_q.low) > 2 * (acc_r.high - acc_r.low)
+
+
+def test_step_rows_hold_every_step(tmp_path: Path) -> None:
+    r = _read(tmp_path, run(n_steps=3))
+    attribute_steps(r, 16)
+    rows = step_rows(r)
+    assert [row["step"] for row in rows] == [0, 1, 2]
+    assert all(row["n"] == 16 and row["n_questions"] == 4 for row in rows)

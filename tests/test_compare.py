@@ -1,0 +1,146 @@
+"""analyze_calibration.py --compare: the table is right on constructed logs with known metrics."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.metrics import brier_score_loss, roc_auc_score
+
+from calibrated_qa.analysis.compare import parse_spec
+from calibrated_qa.analysis.readers import AnalysisInputError
+from tests.fixtures.analysis.build import Rollout, write_csv, write_original, write_project
+
+REPO = Path(__file__).resolve().parent.parent
+
+# (label, answer, pct): 6 questions x 2 rollouts
+BASE = [
+    (True, "YES", 60),
+    (True, "NO", 70),
+    (False, "YES", 90),
+    (False, "NO", 80),
+    (True, "YES", 95),
+    (True, None, 0),
+    (False, "NO", 65),
+    (False, "YES", 55),
+    (True, "NO", 85),
+    (True, "YES", 75),
+    (False, "NO", 99),
+    (False, None, 0),
+]
+TRAINED = [(t, "YES" if t else "NO", 70 + 3 * i) for i, (t, _, _) in enumerate(BASE[:10])] + [
+    (True, "NO", 60),
+    (False, "YES", 52),
+]
+
+
+def rollouts(rows: list[tuple[bool, str | None, int]]) -> list[Rollout]:
+    return [
+        Rollout(i // 2, f"q{i // 2}", t, a, pct=p, words=30, split="eval")
+        for i, (t, a, p) in enumerate(rows)
+    ]
+
+
+def expected(rows: list[tuple[bool, str | None, int]]) -> dict[str, float]:
+    ok = [(t, a, p) for t, a, p in rows if a is not None]
+    y = np.array([t for t, _, _ in ok])
+    p_yes = np.array([p / 100 if a == "YES" else 1 - p / 100 for _, a, p in ok])
+    correct = np.array([(a == "YES") == t for t, a, _ in ok])
+    conf = np.array([p / 100 for _, _, p in ok])
+    return {
+        "n": len(rows),
+        "parse_rate": len(ok) / len(rows),
+        "accuracy": correct.sum() / len(rows),
+        "brier": brier_score_loss(y, p_yes),
+        "auroc": roc_auc_score(correct, conf),
+    }
+
+
+def test_comparison_table_matches_known_metrics(tmp_path: Path) -> None:
+    base = write_project(tmp_path / "base.jsonl", rollouts(BASE))
+    trained = write_original(tmp_path / "trained.jsonl.gz", rollouts(TRAINED), gz=True)
+    out = tmp_path / "cmp"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "analyze_calibration.py",
+            "--quiet",
+            "--compare",
+            f"base={base}",
+            f"trained={trained}",
+            "--out",
+            str(out),
+            "--bootstrap",
+            "200",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    table = {
+        row["label"]: row
+        for row in csv.DictReader((out / "comparison.csv").read_text().splitlines())
+    }
+    for label, rows in (("base", BASE), ("trained", TRAINED)):
+        for name, value in expected(rows).items():
+            assert float(table[label][name]) == pytest.approx(value, abs=1e-5), (label, name)
+        for name in ("ece_pyes", "ece_conf", "auroc", "brier", "accuracy"):
+            low, high = float(table[label][f"{name}_low"]), float(table[label][f"{name}_high"])
+            assert low <= float(table[label][name]) <= high
+        assert table[label]["bootstrap_unit"] == "questions"
+    md = (out / "comparison.md").read_text()
+    assert "| base | 12 |" in md and "| trained | 12 |" in md and "[" in md
+    assert (out / "comparison_reliability.png").stat().st_size > 0
+
+
+def test_compare_step_of_an_online_eval_log_and_csv(tmp_path: Path) -> None:
+    log = write_project(tmp_path / "eval.jsonl", rollouts(BASE) + rollouts(TRAINED))
+    csv_log = write_csv(tmp_path / "c.csv", rollouts(BASE), batch_size=12)
+    out = tmp_path / "cmp"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "analyze_calibration.py",
+            "--quiet",
+            "--compare",
+            f"base={log}@0",
+            f"trained={log}@10",
+            f"csv={csv_log}",
+            "--eval-size",
+            "12",
+            "--eval-interval",
+            "10",
+            "--out",
+            str(out),
+            "--no-plots",
+            "--bootstrap",
+            "50",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    table = {
+        row["label"]: row
+        for row in csv.DictReader((out / "comparison.csv").read_text().splitlines())
+    }
+    assert float(table["trained"]["auroc"]) == pytest.approx(expected(TRAINED)["auroc"])
+    assert float(table["base"]["accuracy"]) == pytest.approx(float(table["csv"]["accuracy"]))
+    assert table["csv"]["bootstrap_unit"].startswith("rollouts")
+
+
+def test_bad_compare_specs() -> None:
+    assert parse_spec("a=x/y.jsonl@10").step == 10
+    assert parse_spec("a=x/y.jsonl").step is None
+    with pytest.raises(AnalysisInputError, match="LABEL=PATH"):
+        parse_spec("just-a-path")
+    with pytest.raises(AnalysisInputError, match="step number"):
+        parse_spec("a=x@last")
