@@ -132,7 +132,10 @@ if [[ $WANDB_MODE_ARG == online ]]; then
 fi
 
 # Output directory: a fresh run must not overwrite checkpoints; --resume needs one.
-LATEST_CKPT=$(find "$OUTPUT_DIR/checkpoints" -maxdepth 1 -name 'step_*' 2>/dev/null | sort -V | tail -n 1)
+LATEST_CKPT=
+if [[ -d $OUTPUT_DIR/checkpoints ]]; then
+  LATEST_CKPT=$(find "$OUTPUT_DIR/checkpoints" -maxdepth 1 -name 'step_*' | sort -V | tail -n 1)
+fi
 if ((RESUME)); then
   [[ -n $LATEST_CKPT ]] || die "--resume: no checkpoint in $OUTPUT_DIR/checkpoints" \
     "checkpoints are written every [ckpt] interval steps; start a fresh run instead"

@@ -104,7 +104,8 @@ def config_problems(config: dict[str, Any], load_environment: Any) -> list[str]:
 
     if eval_cfg is not None and not eval_cfg.get("env"):
         problems.append(
-            "[orchestrator.eval] without [[orchestrator.eval.env]] evaluates prime-rl's default env"
+            "[orchestrator.eval] has no [[orchestrator.eval.env]]: prime-rl would evaluate its "
+            "default environment"
         )
     if not any(_env_id(e) == ENV_ID for e in orch.get("env", [])):
         problems.append(f"no [[orchestrator.env]] with id = {ENV_ID!r}")

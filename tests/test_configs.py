@@ -1,0 +1,128 @@
+"""The shipped prime-rl configs: parse, hold the reference recipe, agree with load_environment."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from calibrated_qa.environment import load_environment
+from scripts.launch_checks import config_problems, required_gpus, train_env_args
+
+REPO = Path(__file__).resolve().parent.parent
+MAIN = REPO / "configs" / "calibrated_qa_gemma2_2b.toml"
+NO_PASSAGE = REPO / "configs" / "calibrated_qa_gemma2_2b_no_passage.toml"
+FOUR_GPU = REPO / "configs" / "calibrated_qa_gemma2_2b_4gpu.toml"
+CONFIGS = [MAIN, NO_PASSAGE, FOUR_GPU]
+
+
+def load(path: Path) -> dict:
+    with path.open("rb") as f:
+        return tomllib.load(f)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_reference_recipe_values(path: Path) -> None:
+    c = load(path)
+    orch = c["orchestrator"]
+    assert c["model"]["name"] == "google/gemma-2-2b-it"
+    assert (c["max_steps"], c["seq_len"], c["max_async_level"]) == (50, 2048, 0)
+    assert (orch["batch_size"], orch["rollouts_per_example"]) == (1024, 8)
+    assert orch["sampling"]["max_tokens"] == 512
+    assert orch["sampling"].get("temperature", 1.0) == 1.0
+    assert c["trainer"]["optim"]["lr"] == 1e-6
+    assert c["inference"]["gpu_memory_utilization"] == 0.9
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_consistent_with_load_environment(path: Path) -> None:
+    c = load(path)
+    assert config_problems(c, load_environment) == []
+    for env in [*c["orchestrator"]["env"], *c["orchestrator"]["eval"]["env"]]:
+        assert env["args"]["max_tokens"] == c["orchestrator"]["sampling"]["max_tokens"]
+        assert env["args"]["length_unit"] == "chars"  # reproduces the reference reward
+        assert "log_dir" not in env["args"]
+    assert c["orchestrator"]["eval"]["sampling"]["max_tokens"] == 512
+    assert "/root" not in path.read_text()
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_online_eval_on_validation(path: Path) -> None:
+    ev = load(path)["orchestrator"]["eval"]
+    assert (ev["interval"], ev["eval_base_model"], ev["num_examples"]) == (10, True, -1)
+    assert [e["id"] for e in ev["env"]] == ["calibrated-qa"]
+    assert ev["env"][0]["args"] == load(path)["orchestrator"]["env"][0]["args"]
+
+
+def test_passage_variants() -> None:
+    assert "include_passage" not in train_env_args(load(MAIN))
+    assert train_env_args(load(NO_PASSAGE))["include_passage"] is False
+
+
+def test_four_gpu_variant_only_changes_the_deployment() -> None:
+    main, four = load(MAIN), load(FOUR_GPU)
+    deployment = four.pop("deployment")
+    assert deployment == {"type": "single_node", "num_infer_gpus": 1, "num_train_gpus": 3}
+    assert four["wandb"].pop("name") != main["wandb"].pop("name")
+    assert four == main
+    assert (required_gpus(load(MAIN)), required_gpus(load(FOUR_GPU))) == (2, 4)
+
+
+def test_checker_rejects_inconsistent_configs() -> None:
+    def problems(c):
+        return " | ".join(config_problems(c, load_environment))
+
+    c = tomllib.loads(MAIN.read_text())
+    c["orchestrator"]["env"][0]["args"]["max_tokenz"] = 512
+    assert "unknown: max_tokenz" in problems(c)
+
+    c = tomllib.loads(MAIN.read_text())
+    c["orchestrator"]["sampling"]["max_tokens"] = 1024
+    assert "differs from [orchestrator.sampling] max_tokens = 1024" in problems(c)
+
+    c = tomllib.loads(MAIN.read_text())
+    c["orchestrator"]["eval"]["sampling"].pop("max_tokens")
+    assert "[orchestrator.eval.sampling] max_tokens is not set" in problems(c)
+
+    c = tomllib.loads(MAIN.read_text())
+    del c["orchestrator"]["env"][0]["args"]["max_tokens"]  # the env default (512) still agrees
+    assert problems(c) == ""
+    c["orchestrator"]["sampling"]["max_tokens"] = 256
+    assert "max_tokens = 512 (the length penalty's M)" in problems(c)
+
+    c = tomllib.loads(MAIN.read_text())
+    c["orchestrator"]["batch_size"] = 1020
+    assert "must be a multiple of rollouts_per_example (8)" in problems(c)
+
+    c = tomllib.loads(MAIN.read_text())
+    c["orchestrator"]["env"][0]["args"]["log_dir"] = "/root/outputs"
+    assert "sets log_dir" in problems(c)
+
+    c = tomllib.loads(MAIN.read_text())
+    del c["orchestrator"]["eval"]["env"]
+    assert "has no [[orchestrator.eval.env]]" in problems(c)
+
+
+PRIME_RL_GIT = Path("/work/.mirror/PrimeIntellect-ai+prime-rl/repo")
+PYDANTIC_CONFIG_GIT = Path("/work/.mirror/samsja+pydantic_config/repo")
+CHECKER = Path("/work/shared/tools/check_prime_rl_config.sh")
+
+
+@pytest.mark.skipif(
+    not (CHECKER.exists() and PRIME_RL_GIT.exists() and PYDANTIC_CONFIG_GIT.exists()),
+    reason="prime-rl's RLConfig is validated with the shared checker where its git dirs exist",
+)
+def test_valid_for_pinned_prime_rl() -> None:
+    env = {
+        **os.environ,
+        "PRIME_RL_GIT": str(PRIME_RL_GIT),
+        "PYDANTIC_CONFIG_GIT": str(PYDANTIC_CONFIG_GIT),
+    }
+    result = subprocess.run(
+        ["bash", str(CHECKER), *map(str, CONFIGS)], env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("OK ") == len(CONFIGS)

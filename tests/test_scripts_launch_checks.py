@@ -1,0 +1,143 @@
+"""scripts/launch_checks.py: the installed-copy check (stale, shadowing, editable, version,
+requirements) on constructed site-packages, and on a real non-editable uv install."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from scripts.launch_checks import installed_problems, main
+
+REPO = Path(__file__).resolve().parent.parent
+SOURCE = REPO / "calibrated_qa"
+VERSION = "0.1.0"
+
+
+def copy_source(dest: Path) -> Path:
+    """A copy of the checkout's package folder (the tests edit it, never the checkout)."""
+    shutil.copytree(SOURCE, dest, ignore=shutil.ignore_patterns("__pycache__"))
+    return dest
+
+
+def dist_info(site: Path, name: str, version: str, requires: tuple[str, ...] = ()) -> None:
+    folder = site / f"{name.replace('-', '_')}-{version}.dist-info"
+    folder.mkdir(parents=True)
+    lines = ["Metadata-Version: 2.1", f"Name: {name}", f"Version: {version}"]
+    lines += [f"Requires-Dist: {r}" for r in requires]
+    (folder / "METADATA").write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Path:
+    """site-packages as `uv pip install --no-deps calibrated_qa/` leaves it, deps present."""
+    site = tmp_path / "site-packages"
+    site.mkdir()
+    pkg = site / "calibrated_qa"
+    pkg.mkdir()
+    for rel in ["*.py", "analysis/*.py"]:
+        for f in SOURCE.glob(rel):
+            target = pkg / f.relative_to(SOURCE)
+            target.parent.mkdir(exist_ok=True)
+            target.write_bytes(f.read_bytes())
+    reqs = ("verifiers<0.2,>=0.1.12.dev1", "datasets>=3.0", "numpy>=1.26; extra == 'analysis'")
+    dist_info(site, "calibrated-qa", VERSION, reqs)
+    dist_info(site, "verifiers", "0.1.12.dev1")
+    dist_info(site, "datasets", "4.0.0")
+    return site
+
+
+def test_clean_install_passes(site: Path) -> None:
+    assert installed_problems(SOURCE, site, [site]) == []
+
+
+def test_stale_file_is_found(site: Path) -> None:
+    (site / "calibrated_qa" / "reward.py").write_text("# an older build\n")
+    (site / "calibrated_qa" / "calibrated_qa.py").write_text("# the old flat module\n")
+    (problem,) = installed_problems(SOURCE, site, [site])
+    assert "reward.py" in problem and "calibrated_qa.py" in problem
+
+
+def test_shadowing_copy_earlier_on_the_path(site: Path, tmp_path: Path) -> None:
+    shadow = tmp_path / "cwd"
+    shadow.mkdir()
+    (shadow / "calibrated_qa.py").write_text("")
+    problems = " | ".join(installed_problems(SOURCE, site, [shadow, site]))
+    assert "shadows the installed package" in problems
+    assert f"stale copy or editable hook on the import path: {shadow}/calibrated_qa.py" in problems
+
+
+def test_editable_install_is_refused(site: Path, tmp_path: Path) -> None:
+    shutil.rmtree(site / "calibrated_qa")
+    (site / "_calibrated_qa.pth").write_text(str(REPO) + "\n")
+    problems = " | ".join(installed_problems(SOURCE, site, [site, REPO]))
+    assert "imported from the checkout itself" in problems
+    assert "_calibrated_qa.pth" in problems
+
+
+def test_version_and_requirements(site: Path) -> None:
+    shutil.rmtree(site / "verifiers-0.1.12.dev1.dist-info")
+    dist_info(site, "verifiers", "0.4.0")  # the dependency trap: an "upgraded" verifiers
+    shutil.rmtree(site / "calibrated_qa-0.1.0.dist-info")
+    dist_info(site, "calibrated-qa", "0.0.9", ("verifiers<0.2,>=0.1.12.dev1",))
+    problems = " | ".join(installed_problems(SOURCE, site, [site]))
+    assert "version 0.0.9, this checkout is 0.1.0" in problems
+    assert "requires verifiers<0.2,>=0.1.12.dev1, installed: 0.4.0" in problems
+
+
+def test_not_installed(tmp_path: Path) -> None:
+    (problem,) = installed_problems(SOURCE, tmp_path, [tmp_path])
+    assert "not importable" in problem
+
+
+def test_real_uv_install_then_edit_then_reinstall(tmp_path: Path) -> None:
+    """uv builds and installs the package non-editable; an edit is caught until reinstalled."""
+    source = copy_source(tmp_path / "src" / "calibrated_qa")
+    site = tmp_path / "site"
+    deps = tmp_path / "deps"
+    dist_info(deps, "verifiers", "0.1.12.dev1")
+    dist_info(deps, "datasets", "4.0.0")
+
+    def install() -> None:
+        subprocess.run(
+            [
+                "uv",
+                "pip",
+                "install",
+                "--no-deps",
+                "--reinstall-package",
+                "calibrated-qa",
+                "--target",
+                str(site),
+                str(source),
+            ],
+            check=True,
+            capture_output=True,
+        )
+
+    install()
+    assert installed_problems(source, site, [site, deps]) == []
+    with (source / "reward.py").open("a") as f:
+        f.write("\n# edited after the install\n")
+    (problem,) = installed_problems(source, site, [site, deps])
+    assert "reward.py" in problem
+    install()
+    assert installed_problems(source, site, [site, deps]) == []
+
+
+def test_cli_get_and_env_args(capsys: pytest.CaptureFixture[str]) -> None:
+    config = str(REPO / "configs" / "calibrated_qa_gemma2_2b_no_passage.toml")
+    assert main(["get", config, "max_tokens"]) == 0
+    assert main(["get", config, "required_gpus"]) == 0
+    assert main(["env-args", config, "--log-dir", "/tmp/eval"]) == 0
+    assert main(["get", "/nonexistent.toml", "model"]) == 1
+    out, err = capsys.readouterr()
+    assert out.splitlines() == [
+        "512",
+        "2",
+        '{"include_passage": false, "length_unit": "chars", "log_dir": "/tmp/eval", '
+        '"max_tokens": 512}',
+    ]
+    assert "config file not found: /nonexistent.toml" in err
