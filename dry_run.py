@@ -72,8 +72,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--max-tokens",
         type=int,
         default=None,
-        help="override max_tokens of the sampler and the environment together "
-        "(default: the config's)",
+        help="override the config's max_tokens, for the sampler and the environment together",
     )
     parser.add_argument(
         "-c", "--max-concurrent", type=int, default=8, help="groups in flight at once (-1: all)"
@@ -207,7 +206,15 @@ def dry_run(
     records = read_log(paths.generations)
     checks = check(records, read_requests(paths.requests), expected)
     if not args.skip_analysis:
-        run_analysis(paths, expected, args.rollouts_per_example, plots=not args.no_plots)
+        checks.analysis_rollouts = run_analysis(
+            paths,
+            batch_size=expected,
+            rollouts_per_example=args.rollouts_per_example,
+            max_tokens=max_tokens,
+            plots=not args.no_plots,
+        )
+        if checks.analysis_rollouts != expected:
+            checks.problems.append(f"the analysis counted {checks.analysis_rollouts} rollouts")
     files = {show(p) for p in paths.out.rglob("*") if p.is_file()} | {show(paths.report)}
     report = make_report(
         records,

@@ -13,6 +13,7 @@ record per rollout, and each record's ``completion_tokens`` is the server's own 
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -192,6 +193,7 @@ class Checks:
     expected_records: int
     tokens_unit: int  # records with length_unit == "tokens"
     usage_matches: int  # records whose completion_tokens equal the server's usage
+    analysis_rollouts: int | None = None  # rollouts the analysis counted (None: not run)
     problems: list[str] = field(default_factory=list)
 
 
@@ -233,8 +235,13 @@ def check(records: list[dict], requests: list[dict], expected: int) -> Checks:
     return result
 
 
-def run_analysis(paths: Paths, batch_size: int, rollouts_per_example: int, plots: bool) -> None:
-    """``analyze_calibration.py`` on the log, into ``paths.out`` (a failure fails the dry run)."""
+def run_analysis(
+    paths: Paths, *, batch_size: int, rollouts_per_example: int, max_tokens: int, plots: bool
+) -> int:
+    """``analyze_calibration.py`` on the log, into ``paths.out``; returns its rollout count.
+
+    The whole dry run is one training step (``batch_size`` = N x K). A failure fails the dry run.
+    """
     if not ANALYSIS_SCRIPT.exists():
         raise DryRunError(f"{ANALYSIS_SCRIPT} not found (--skip-analysis runs without it)")
     command = [
@@ -248,6 +255,8 @@ def run_analysis(paths: Paths, batch_size: int, rollouts_per_example: int, plots
         str(batch_size),
         "--rollouts-per-example",
         str(rollouts_per_example),
+        "--max-tokens",
+        str(max_tokens),
     ]
     if not plots:
         command.append("--no-plots")
@@ -255,6 +264,16 @@ def run_analysis(paths: Paths, batch_size: int, rollouts_per_example: int, plots
     completed = subprocess.run(command, check=False)
     if completed.returncode != 0:
         raise DryRunError(f"{ANALYSIS_SCRIPT.name} failed with exit code {completed.returncode}")
+    return analysis_rollout_count(paths.out)
+
+
+def analysis_rollout_count(out: Path) -> int:
+    """Rollouts the analysis counted: the sum of ``n`` over the steps of ``metrics_by_step.csv``."""
+    path = out / "metrics_by_step.csv"
+    if not path.exists():
+        raise DryRunError(f"the analysis wrote no {path}")
+    with path.open(newline="") as f:
+        return sum(int(row["n"]) for row in csv.DictReader(f))
 
 
 def mean(values: list[float]) -> float:
@@ -304,6 +323,8 @@ class Report:
             f"{self.truncated_rate:.0%} stopped at max_tokens",
             f"server: {c.requests} chat requests, {c.one_user_message} of them exactly one user "
             f"message; {c.usage_matches}/{c.records} log records carry the server's usage count",
+            "analysis: "
+            + ("not run" if c.analysis_rollouts is None else f"{c.analysis_rollouts} rollouts"),
             f"model build {self.build_seconds:.1f} s, "
             f"server ready in {self.server_startup_seconds:.1f} s",
             "files:",
