@@ -71,7 +71,7 @@ def _weights(weights: ArrayLike | None, n: int) -> NDArray[np.float64]:
     w = _array(weights, "weights", np.float64)
     if w.shape != (n,):
         raise ValueError(f"weights has {w.size} entries for {n} values")
-    if np.any(w < 0) or not np.all(np.isfinite(w)):
+    if w.size and not (w.min() >= 0 and np.isfinite(w.sum())):  # one pass each; NaN fails
         raise ValueError("weights must be finite and non-negative")
     return w
 

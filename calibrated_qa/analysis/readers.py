@@ -222,10 +222,10 @@ def _finite(value: Any, name: str) -> float:
 
 
 class _Columns:
-    """Column builder: appends one rollout at a time, then hands out numpy arrays."""
+    """Column builder: one tuple per rollout (in ``_COLUMNS`` order), numpy arrays at the end."""
 
     def __init__(self) -> None:
-        self.data: dict[str, list] = {name: [] for name in _COLUMNS}
+        self.rows: list[tuple] = []
         self.codes: dict[Any, int] = {}
 
     def code(self, key: Any) -> int:
@@ -234,12 +234,12 @@ class _Columns:
         return self.codes.setdefault(key, len(self.codes))
 
     def add(self, *values: Any) -> None:
-        for column, value in zip(self.data.values(), values, strict=True):
-            column.append(value)
+        self.rows.append(values)
 
     def build(self, fmt: Format) -> Rollouts:
+        columns = zip(*self.rows, strict=True) if self.rows else [()] * len(_COLUMNS)
         arrays = {}
-        for name, values in self.data.items():
+        for name, values in zip(_COLUMNS, columns, strict=True):
             dtype = bool if name in _BOOLS else _DTYPES.get(name, np.float64)
             arrays[name] = np.asarray(values, dtype=dtype)
         return Rollouts(**arrays, fmt=fmt)
@@ -326,7 +326,7 @@ class _LineReader:
             for number, line in enumerate(stream, 1):
                 if number % 2048 == 0:
                     bar.update(raw.tell() - bar.n)
-                if line.strip():
+                if line[:1] > b" " or line.strip():  # cheap test first: lines are long
                     yield number, line, line.endswith(b"\n")
             bar.update(size - bar.n)
         except (OSError, EOFError) as exc:

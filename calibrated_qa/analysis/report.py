@@ -226,28 +226,32 @@ def write_rollouts_csv(rollouts: Rollouts, path: Path) -> None:
         "correct",
         "confidence",
     ]
-    brier = (rollouts.p_yes - rollouts.y) ** 2
+    ok = rollouts.parseable
+
+    def column(values: np.ndarray, keep: np.ndarray | None = None) -> list:
+        # Python floats are written with repr (round-trip exact); "" where a value does not exist
+        if keep is None:
+            return values.tolist()
+        return [v if k else "" for v, k in zip(values.tolist(), keep.tolist(), strict=True)]
+
+    columns = [
+        column(rollouts.index),
+        column(rollouts.step),
+        column(rollouts.reward),
+        column((rollouts.p_yes - rollouts.y) ** 2, ok),
+        column(rollouts.p_yes, ok),
+        ["True" if v else "False" for v in rollouts.y.tolist()],
+        column(ok.astype(int)),
+        column(rollouts.length, ~np.isnan(rollouts.length)),
+        column(rollouts.length_penalty),
+        column(rollouts.question, rollouts.question >= 0),
+        column(rollouts.correct.astype(int)),
+        column(rollouts.confidence, ok),
+    ]
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(header)
-        for i in range(len(rollouts)):
-            ok = bool(rollouts.parseable[i])
-            writer.writerow(
-                [
-                    int(rollouts.index[i]),
-                    int(rollouts.step[i]),
-                    repr(float(rollouts.reward[i])),
-                    repr(float(brier[i])) if ok else "",
-                    repr(float(rollouts.p_yes[i])) if ok else "",
-                    "True" if rollouts.y[i] else "False",
-                    int(ok),
-                    _cell(float(rollouts.length[i])),
-                    repr(float(rollouts.length_penalty[i])),
-                    int(rollouts.question[i]) if rollouts.question[i] >= 0 else "",
-                    int(rollouts.correct[i]),
-                    repr(float(rollouts.confidence[i])) if ok else "",
-                ]
-            )
+        writer.writerows(zip(*columns, strict=True))
 
 
 def _fmt(value: float, digits: int = 3) -> str:
