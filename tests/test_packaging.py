@@ -39,6 +39,7 @@ def installed_version(python: Path, package: str) -> str:
 
 @pytest.fixture(scope="module")
 def prime_like_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``<prime-rl>/.venv/bin/python`` of a venv that holds verifiers at prime-rl's pin."""
     venv = tmp_path_factory.mktemp("prime-rl") / ".venv"
     uv("venv", "--quiet", "--python", sys.executable, str(venv))
     python = venv / "bin" / "python"
@@ -47,18 +48,7 @@ def prime_like_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return python
 
 
-def test_install_keeps_the_pinned_verifiers(prime_like_venv: Path) -> None:
-    python = prime_like_venv
-    uv(
-        "pip",
-        "install",
-        "--python",
-        str(python),
-        "--reinstall-package",
-        "calibrated-qa",
-        str(REPO / "calibrated_qa"),
-    )
-    assert installed_version(python, "verifiers") == PINNED
+def assert_environment_loads(python: Path) -> None:
     out = subprocess.run(
         [
             str(python),
@@ -74,6 +64,43 @@ def test_install_keeps_the_pinned_verifiers(prime_like_venv: Path) -> None:
     ).stdout
     assert "site-packages/calibrated_qa/__init__.py" in out
     assert "SingleTurnEnv" in out
+
+
+def test_the_launch_scripts_install_keeps_the_pinned_verifiers(prime_like_venv: Path) -> None:
+    """``install_environment`` of scripts/common.sh, exactly as setup/run_training call it."""
+    prime_rl_dir = prime_like_venv.parent.parent.parent
+    subprocess.run(
+        [
+            "bash",
+            "-c",
+            'source scripts/common.sh && install_environment "$1" "$2"',
+            "-",
+            str(prime_rl_dir),
+            str(REPO),
+        ],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    assert installed_version(prime_like_venv, "verifiers") == PINNED
+    assert_environment_loads(prime_like_venv)
+
+
+def test_a_plain_install_with_dependencies_keeps_it_too(prime_like_venv: Path) -> None:
+    """Whoever installs without --no-deps is safe as well: the requirement admits the pin."""
+    python = prime_like_venv
+    uv(
+        "pip",
+        "install",
+        "--python",
+        str(python),
+        "--reinstall-package",
+        "calibrated-qa",
+        str(REPO / "calibrated_qa"),
+    )
+    assert installed_version(python, "verifiers") == PINNED
+    assert_environment_loads(python)
 
 
 def test_a_naive_requirement_would_upgrade_it(prime_like_venv: Path) -> None:
