@@ -37,17 +37,7 @@ while [[ $# -gt 0 ]]; do
 done
 
 say "[1/5] uv $UV_PIN"
-if [[ $(uv --version 2>/dev/null | cut -d' ' -f2) == "$UV_PIN" ]]; then
-  echo "uv $UV_PIN already installed: $(command -v uv)"
-else
-  command -v python3 >/dev/null || die "python3 not found: it is needed once, to install uv from PyPI"
-  python3 -m pip install --quiet --disable-pip-version-check "uv==$UV_PIN" ||
-    die "could not install uv $UV_PIN with pip" \
-      "on an externally managed Python, retry with PIP_BREAK_SYSTEM_PACKAGES=1"
-  hash -r
-  [[ $(uv --version 2>/dev/null | cut -d' ' -f2) == "$UV_PIN" ]] ||
-    die "uv $UV_PIN was installed but another uv comes first on PATH: $(command -v uv || echo none)"
-fi
+ensure_uv
 
 say "[2/5] Python 3.12 (managed by uv)"
 if uv python find 3.12 >/dev/null 2>&1; then

@@ -18,6 +18,21 @@ die() {
   exit 1
 }
 
+# ensure_uv: uv $UV_PIN on PATH, installed from PyPI with pip if needed (never `curl | sh`).
+ensure_uv() {
+  if [[ $(uv --version 2>/dev/null | cut -d' ' -f2) == "$UV_PIN" ]]; then
+    echo "uv $UV_PIN already installed: $(command -v uv)"
+    return
+  fi
+  command -v python3 >/dev/null || die "python3 not found: it is needed once, to install uv from PyPI"
+  python3 -m pip install --quiet --disable-pip-version-check "uv==$UV_PIN" ||
+    die "could not install uv $UV_PIN with pip" \
+      "on an externally managed Python, retry with PIP_BREAK_SYSTEM_PACKAGES=1"
+  hash -r
+  [[ $(uv --version 2>/dev/null | cut -d' ' -f2) == "$UV_PIN" ]] ||
+    die "uv $UV_PIN was installed but another uv comes first on PATH: $(command -v uv || echo none)"
+}
+
 # The version of calibrated-qa in this checkout (calibrated_qa/pyproject.toml).
 checkout_version() {
   sed -n 's/^version *= *"\(.*\)"/\1/p' "$1/calibrated_qa/pyproject.toml" | head -n 1
