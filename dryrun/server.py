@@ -151,6 +151,7 @@ def serve(
         "HF_HUB_OFFLINE": "1",  # a local folder; never ask the hub
         "HF_HUB_DISABLE_UPDATE_CHECK": "1",  # the CLI otherwise checks PyPI for a newer release
         "TOKENIZERS_PARALLELISM": "false",
+        "PYTHONUNBUFFERED": "1",  # the server log is current, also when the server is killed
         # One thread: a 0.2M-parameter model gains nothing from more, and OpenMP threads spinning
         # against the client's process on a 2-core machine slowed generation down 5-20x.
         "OMP_NUM_THREADS": "1",
