@@ -159,20 +159,27 @@ def served(built: BuiltModel, paths: Paths, port: int) -> Iterator[tuple[Server,
     """The model server behind the recording proxy: (server, URL clients use, startup seconds)."""
     print("starting transformers serve ...", flush=True)
     start = time.perf_counter()
-    with serve(built.link, paths.server_log) as server, \
-            recording_proxy(server.port, paths.requests, port=port) as proxy:  # fmt: skip
-        startup = time.perf_counter() - start
-        print(
-            f"server ready in {startup:.1f} s: {proxy.url}/v1, model {server.model}, "
-            f"requests recorded in {show(paths.requests)}",
-            flush=True,
-        )
-        yield server, proxy.url, startup
-    print("server stopped", flush=True)
+    try:
+        with serve(built.link, paths.server_log) as server, \
+                recording_proxy(server.port, paths.requests, port=port) as proxy:  # fmt: skip
+            startup = time.perf_counter() - start
+            print(
+                f"server ready in {startup:.1f} s: {proxy.url}/v1, model {server.model}, "
+                f"requests recorded in {show(paths.requests)}",
+                flush=True,
+            )
+            yield server, proxy.url, startup
+    finally:
+        print("server stopped", flush=True)
 
 
 def serve_only(args: argparse.Namespace, paths: Paths, env_args: dict, max_tokens: int) -> int:
-    """Build and serve until Ctrl-C (or SIGTERM), printing the vf-eval command to run meanwhile."""
+    """Build and serve until Ctrl-C (or SIGTERM), printing the vf-eval command to run meanwhile.
+
+    Nothing is deleted: vf-eval appends to ``eval_generations.jsonl``, the dry run's
+    ``generations.jsonl`` is left alone, and ``server_requests.jsonl`` keeps growing.
+    """
+    paths.logs.mkdir(parents=True, exist_ok=True)
     built = build(args)
     with served(built, paths, args.port) as (server, url, _):
         print(
@@ -189,6 +196,7 @@ def dry_run(
     args: argparse.Namespace, config: TrainingConfig, paths: Paths, env_args: dict, max_tokens: int
 ) -> int:
     """Steps 1-6 of the module docstring; returns the exit code."""
+    paths.fresh()
     env, inputs = prepare(env_args, args.num_examples, args.rollouts_per_example)
     built = build(args)
     with served(built, paths, args.port) as (server, url, startup):
@@ -242,7 +250,6 @@ def main(argv: list[str] | None = None) -> int:
     config = read_config(args.config)
     max_tokens = args.max_tokens or config.max_tokens
     paths = Paths(args.out.absolute())
-    paths.fresh()
     env_args = dry_run_env_args(
         config,
         max_tokens=max_tokens,
