@@ -14,6 +14,7 @@ from calibrated_qa.analysis.metrics import (
     PENALTY_TOLERANCE,
     brier,
     expected_calibration_error,
+    grouped_sum,
     rollout_metrics,
     weighted_mean,
 )
@@ -53,6 +54,7 @@ def ensemble(
 
     Returns (mean P(YES), truth, group weight, groups without any parseable rollout). Grouping
     is by question identity, so interleaved appends from several workers cannot mix questions.
+    With weights of shape ``(resamples, n)`` the group weights have shape ``(resamples, groups)``.
     """
     ok = rollouts.parseable
     keys = group_keys(rollouts)
@@ -64,13 +66,19 @@ def ensemble(
     truth = np.zeros(n_groups, dtype=bool)
     truth[inverse] = rollouts.y
     # All rollouts of a question carry the same bootstrap weight; the mean recovers it.
-    group_w = np.bincount(inverse, weights=w, minlength=n_groups) / np.bincount(inverse)
+    group_w = grouped_sum(inverse, w, n_groups) / np.bincount(inverse)
     has = n_parseable > 0
-    return sum_p[has] / n_parseable[has], truth[has], group_w[has], int(np.sum(~has))
+    group_w = np.compress(has, group_w, axis=-1)
+    return sum_p[has] / n_parseable[has], truth[has], group_w, int(np.sum(~has))
 
 
-def summarize(rollouts: Rollouts, weights: NDArray[np.float64] | None = None) -> dict[str, float]:
-    """Every metric of ``METRIC_NAMES`` for these rollouts (under bootstrap weights if given)."""
+def summarize(
+    rollouts: Rollouts, weights: NDArray[np.float64] | None = None
+) -> dict[str, float | NDArray[np.float64]]:
+    """Every metric of ``METRIC_NAMES`` for these rollouts (under bootstrap weights if given).
+
+    ``weights`` of shape ``(resamples, n)`` give one array of values per metric, one per row.
+    """
     w = np.ones(len(rollouts)) if weights is None else weights
     values = rollout_metrics(
         parseable=rollouts.parseable,
@@ -90,7 +98,8 @@ def summarize(rollouts: Rollouts, weights: NDArray[np.float64] | None = None) ->
         values["ensemble_brier"] = brier(p, y, gw)
         values["ensemble_ece_pyes"] = expected_calibration_error(p, y, gw)
     else:
-        values["ensemble_brier"] = values["ensemble_ece_pyes"] = float("nan")
+        missing = float("nan") if w.ndim == 1 else np.full(w.shape[0], np.nan)
+        values["ensemble_brier"] = values["ensemble_ece_pyes"] = missing
     return {name: values[name] for name in METRIC_NAMES}
 
 

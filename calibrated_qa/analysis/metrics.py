@@ -2,7 +2,10 @@
 
 Every function takes plain numpy arrays, checks them at the edge, and accepts optional per-rollout
 ``weights`` so that the bootstrap (which resamples whole questions, i.e. gives each rollout the
-multiplicity of its question) reuses exactly these definitions instead of a second copy.
+multiplicity of its question) reuses exactly these definitions instead of a second copy. The
+weights may also be a ``(resamples, n)`` matrix, one weight vector per row: the metric is then
+computed for every row at once (one array of values instead of a float), which is how the
+bootstrap evaluates 1,000 resamples without 1,000 Python-level calls.
 
 Definitions (also printed into every report, see ``DEFINITIONS``):
 
@@ -66,14 +69,22 @@ def _array(values: ArrayLike, name: str, dtype: type) -> NDArray:
 
 
 def _weights(weights: ArrayLike | None, n: int) -> NDArray[np.float64]:
+    """Weights of shape ``(n,)``, or ``(resamples, n)``: one weight vector per row."""
     if weights is None:
         return np.ones(n)
-    w = _array(weights, "weights", np.float64)
-    if w.shape != (n,):
+    w = np.asarray(weights, dtype=np.float64)
+    if w.ndim == 1 and w.shape != (n,):
         raise ValueError(f"weights has {w.size} entries for {n} values")
+    if w.ndim not in (1, 2) or w.shape[-1] != n:
+        raise ValueError(f"weights must have shape ({n},) or (resamples, {n}), got {w.shape}")
     if w.size and not (w.min() >= 0 and np.isfinite(w.sum())):  # one pass each; NaN fails
         raise ValueError("weights must be finite and non-negative")
     return w
+
+
+def _result(value: NDArray[np.float64]) -> float | NDArray[np.float64]:
+    """A float for one weight vector, an array of one value per row for a batch of them."""
+    return float(value) if np.ndim(value) == 0 else value
 
 
 def _probabilities(p: ArrayLike, name: str) -> NDArray[np.float64]:
@@ -92,12 +103,38 @@ def _outcomes(y: ArrayLike, n: int, name: str) -> NDArray[np.float64]:
     return arr
 
 
-def weighted_mean(values: ArrayLike, weights: ArrayLike | None = None) -> float:
-    """Mean of ``values`` under ``weights``; NaN when the total weight is zero."""
+def grouped_sum(
+    index: NDArray[np.int64], weights: NDArray[np.float64], length: int
+) -> NDArray[np.float64]:
+    """``np.bincount(index, weights, minlength=length)`` of each row of ``weights``.
+
+    ``index`` (values in ``[0, length)``) is shared by all rows; a 1-D ``weights`` gives one
+    row's sums, a 2-D one gives ``(rows, length)``. Each row is summed in the same order as its
+    own ``np.bincount``, so a batch gives exactly the sums of the rows one at a time.
+    """
+    if weights.ndim == 1:
+        return np.bincount(index, weights=weights, minlength=length)
+    rows = weights.shape[0]
+    flat = (index + length * np.arange(rows)[:, None]).ravel()
+    sums = np.bincount(flat, weights=weights.ravel(), minlength=rows * length)
+    return sums.reshape(rows, length)
+
+
+def weighted_mean(
+    values: ArrayLike, weights: ArrayLike | None = None
+) -> float | NDArray[np.float64]:
+    """Mean of ``values`` under ``weights``; NaN when the total weight is zero.
+
+    With weights of shape ``(resamples, n)``, one mean per row (as an array); the same holds
+    for every weighted metric below.
+    """
     v = _array(values, "values", np.float64)
     w = _weights(weights, v.size)
-    total = w.sum()
-    return float(np.dot(v, w) / total) if total > 0 else float("nan")
+    total = w.sum(axis=-1)
+    # einsum, not BLAS, for a batch: a multi-threaded gemv contends with anything else running
+    dot = np.dot(v, w) if w.ndim == 1 else np.einsum("ri,i->r", w, v)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return _result(np.where(total > 0, dot / total, np.nan))
 
 
 def percent_bin(p: ArrayLike) -> NDArray[np.int64]:
@@ -116,14 +153,15 @@ def reliability_bins(
     """Per bin (10 integer-percent bins): weighted count, mean predicted p, observed frequency.
 
     Empty bins have count 0 and NaN mean/frequency. This is the reliability diagram's data.
+    With weights of shape ``(resamples, n)`` each array has shape ``(resamples, 10)``.
     """
     prob = _probabilities(p, "p")
     out = _outcomes(y, prob.size, "y")
     w = _weights(weights, prob.size)
     bins = percent_bin(prob)
-    count = np.bincount(bins, weights=w, minlength=N_BINS)
-    sum_p = np.bincount(bins, weights=w * prob, minlength=N_BINS)
-    sum_y = np.bincount(bins, weights=w * out, minlength=N_BINS)
+    count = grouped_sum(bins, w, N_BINS)
+    sum_p = grouped_sum(bins, w * prob, N_BINS)
+    sum_y = grouped_sum(bins, w * out, N_BINS)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean_p = np.where(count > 0, sum_p / count, np.nan)
         freq = np.where(count > 0, sum_y / count, np.nan)
@@ -132,27 +170,30 @@ def reliability_bins(
 
 def expected_calibration_error(
     p: ArrayLike, y: ArrayLike, weights: ArrayLike | None = None
-) -> float:
+) -> float | NDArray[np.float64]:
     """ECE: count-weighted mean of ``|mean p - frequency|`` over 10 integer-percent bins.
 
     NaN when there is nothing to bin (no parseable rollouts).
     """
     count, mean_p, freq = reliability_bins(p, y, weights)
-    total = count.sum()
-    if total <= 0:
-        return float("nan")
-    filled = count > 0
-    return float(np.sum(count[filled] * np.abs(mean_p[filled] - freq[filled])) / total)
+    total = count.sum(axis=-1)
+    gaps = np.where(count > 0, count * np.abs(mean_p - freq), 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return _result(np.where(total > 0, gaps.sum(axis=-1) / total, np.nan))
 
 
-def brier(p: ArrayLike, y: ArrayLike, weights: ArrayLike | None = None) -> float:
+def brier(
+    p: ArrayLike, y: ArrayLike, weights: ArrayLike | None = None
+) -> float | NDArray[np.float64]:
     """Mean squared error of P(YES) against the 0/1 outcome; NaN when there are no rollouts."""
     prob = _probabilities(p, "p")
     out = _outcomes(y, prob.size, "y")
     return weighted_mean((prob - out) ** 2, weights)
 
 
-def auroc(score: ArrayLike, label: ArrayLike, weights: ArrayLike | None = None) -> float:
+def auroc(
+    score: ArrayLike, label: ArrayLike, weights: ArrayLike | None = None
+) -> float | NDArray[np.float64]:
     """Area under the ROC curve of ``score`` for ``label`` (Mann-Whitney form, ties count 1/2).
 
     Computed on the unique score levels, so it is exact for any scores and cheap for integer
@@ -164,13 +205,14 @@ def auroc(score: ArrayLike, label: ArrayLike, weights: ArrayLike | None = None) 
     lab = _outcomes(label, s.size, "label").astype(bool)
     w = _weights(weights, s.size)
     levels, inverse = np.unique(s, return_inverse=True)
-    pos = np.bincount(inverse, weights=w * lab, minlength=levels.size)
-    neg = np.bincount(inverse, weights=w * ~lab, minlength=levels.size)
-    total_pos, total_neg = pos.sum(), neg.sum()
-    if total_pos <= 0 or total_neg <= 0:
-        return float("nan")
-    neg_below = np.cumsum(neg) - neg
-    return float(np.sum(pos * (neg_below + 0.5 * neg)) / (total_pos * total_neg))
+    pos = grouped_sum(inverse, w * lab, levels.size)
+    neg = grouped_sum(inverse, w * ~lab, levels.size)
+    total_pos, total_neg = pos.sum(axis=-1), neg.sum(axis=-1)
+    neg_below = np.cumsum(neg, axis=-1) - neg
+    area = np.sum(pos * (neg_below + 0.5 * neg), axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        defined = (total_pos > 0) & (total_neg > 0)
+        return _result(np.where(defined, area / (total_pos * total_neg), np.nan))
 
 
 def rollout_metrics(
@@ -181,16 +223,17 @@ def rollout_metrics(
     confidence: NDArray[np.float64],
     y: NDArray[np.bool_],
     weights: NDArray[np.float64] | None = None,
-) -> dict[str, float]:
+) -> dict[str, float | NDArray[np.float64]]:
     """The calibration metrics of one set of rollouts (see the module docstring).
 
     ``p_yes`` and ``confidence`` may hold NaN where ``parseable`` is False; those rollouts count
-    in parse rate and accuracy and nowhere else.
+    in parse rate and accuracy and nowhere else. With weights of shape ``(resamples, n)`` each
+    value is an array of one value per row.
     """
     n = parseable.size
     w = _weights(weights, n)
     ok = parseable.astype(bool)
-    wp = w[ok]
+    wp = np.compress(ok, w, axis=-1)  # stays C-contiguous for a batch (w[..., ok] does not)
     p, conf, yy, right = p_yes[ok], confidence[ok], y[ok], correct[ok]
     return {
         "parse_rate": weighted_mean(ok, w),

@@ -37,7 +37,6 @@ from typing import Any, BinaryIO, Literal
 
 import numpy as np
 from numpy.typing import NDArray
-from tqdm import tqdm
 
 from calibrated_qa.records import RecordError, validate_record
 
@@ -59,6 +58,8 @@ CSV_FIELDS = ("step", "reward", "brier_score", "p_yes", "ground_truth", "parseab
 # A parseable answer of 50% earns 1 - 0.25 = 0.75 plus a penalty >= -1: reward >= -0.25.
 CSV_UNPARSEABLE_BELOW = -0.25
 QUESTION_MARKER = "\nQuestion: "
+# The numeric fields of a project record that must be finite (p_yes and pct when parseable).
+NUMERIC_FIELDS = ("p_yes", "pct", "reward", "calibration_reward", "length_penalty", "length")
 
 
 class AnalysisInputError(ValueError):
@@ -252,19 +253,32 @@ def _project_row(obj: Any, where: str, cols: _Columns, position: tuple[int, int,
         pct = record["pct"]
         if parseable and (pct is None or record["answer"] not in ("YES", "NO")):
             raise ValueError("a parseable record needs 'pct' and 'answer'")
-        cols.add(
-            *position,
-            -1,
-            cols.code(int(record["example_id"])),
-            record["ground_truth"] == "true",
-            parseable,
-            bool(record["correct"]) and parseable,
-            _finite(record["p_yes"], "p_yes") if parseable else math.nan,
-            _finite(pct, "pct") / 100 if parseable else math.nan,
-            _finite(record["reward"], "reward"),
-            _finite(record["calibration_reward"], "calibration_reward"),
-            _finite(record["length_penalty"], "length_penalty"),
-            _finite(record["length"], "length"),
+        numbers = (
+            float(record["reward"]),
+            float(record["calibration_reward"]),
+            float(record["length_penalty"]),
+            float(record["length"]),
+        )
+        p_yes = float(record["p_yes"]) if parseable else 0.0
+        confidence = float(pct) / 100 if parseable else 0.0
+        # One test for the common case; the field-by-field test only to name a bad field (a sum
+        # of finite values can still overflow, which the second test then lets through).
+        if not math.isfinite(sum(numbers) + p_yes + confidence):
+            for name in NUMERIC_FIELDS:
+                if name not in ("p_yes", "pct") or parseable:
+                    _finite(record[name], name)
+        cols.rows.append(
+            (
+                *position,
+                -1,
+                cols.code(int(record["example_id"])),
+                record["ground_truth"] == "true",
+                parseable,
+                bool(record["correct"]) and parseable,
+                p_yes if parseable else math.nan,
+                confidence if parseable else math.nan,
+                *numbers,
+            )
         )
     except (TypeError, ValueError) as exc:
         raise RecordError(f"{where}: {exc}") from exc
@@ -303,6 +317,18 @@ def _original_row(obj: Any, where: str, cols: _Columns, position: tuple[int, int
         raise RecordError(f"{where}: {exc}") from exc
 
 
+class _NoBar:
+    """Stands in for a tqdm bar when no progress is shown (tqdm is then never imported)."""
+
+    n = 0
+
+    def update(self, amount: int) -> None:
+        self.n += amount
+
+    def close(self) -> None:
+        pass
+
+
 class _LineReader:
     """Streams the lines of one file with a progress bar, line numbers and torn-line detection."""
 
@@ -314,19 +340,24 @@ class _LineReader:
         """Yields (line number, line, is_complete) for non-blank lines."""
         raw, stream = open_binary(self.path)
         size = os.path.getsize(self.path)
-        bar = tqdm(
-            total=size,
-            unit="B",
-            unit_scale=True,
-            desc=self.path.name,
-            disable=None if self.progress else True,
-            leave=False,
-        )
+        if self.progress:
+            from tqdm import tqdm  # only for a visible bar: its import costs ~50 ms
+
+            bar: Any = tqdm(
+                total=size,
+                unit="B",
+                unit_scale=True,
+                desc=self.path.name,
+                disable=None,
+                leave=False,
+            )
+        else:
+            bar = _NoBar()
         try:
             for number, line in enumerate(stream, 1):
                 if number % 2048 == 0:
                     bar.update(raw.tell() - bar.n)
-                if line[:1] > b" " or line.strip():  # cheap test first: lines are long
+                if line[0] > 32 or line.strip():  # cheap test first (a line is never b"")
                     yield number, line, line.endswith(b"\n")
             bar.update(size - bar.n)
         except (OSError, EOFError) as exc:
@@ -348,8 +379,9 @@ def _read_jsonl(
     progress: bool,
 ) -> None:
     loads = json.loads
+    name = str(path)
     for number, line, complete in _LineReader(path, progress):
-        where = f"{path}:{number}"
+        where = f"{name}:{number}"
         try:
             obj = loads(line)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:

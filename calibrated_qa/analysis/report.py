@@ -104,7 +104,9 @@ def _check_length_penalty(rollouts: Rollouts, max_tokens: int | None) -> str | N
     if max_tokens is None or np.all(np.isnan(rollouts.length)):
         return None
     known = ~np.isnan(rollouts.length)
-    expected = np.array([length_penalty(x, max_tokens) for x in rollouts.length[known]])
+    # once per distinct length (lengths repeat: ~1,000 values for 51,200 rollouts)
+    lengths, inverse = np.unique(rollouts.length[known], return_inverse=True)
+    expected = np.array([length_penalty(x, max_tokens) for x in lengths.tolist()])[inverse]
     bad = int(np.sum(np.abs(expected - rollouts.length_penalty[known]) > 1e-6))
     if not bad:
         return None
@@ -206,6 +208,22 @@ def write_metrics_by_step(result: Analysis, path: Path) -> None:
             writer.writerow([_cell(row[c]) for c in columns + extra])
 
 
+def _texts(values: np.ndarray, keep: np.ndarray | None = None) -> list[str]:
+    """The CSV text of each value: ``repr`` of the Python value (round-trip exact for floats,
+    as ``csv`` writes them), "" where ``keep`` is False (a value that does not exist).
+
+    Each distinct value is formatted once (probabilities, lengths and rewards repeat a lot);
+    floats are told apart by their bits, so -0.0 and 0.0 keep their own text.
+    """
+    key = values.view(np.int64) if values.dtype == np.float64 else values
+    _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    distinct = [repr(v) for v in values[first].tolist()]
+    texts = [distinct[i] for i in inverse.tolist()]
+    if keep is None:
+        return texts
+    return [t if k else "" for t, k in zip(texts, keep.tolist(), strict=True)]
+
+
 def write_rollouts_csv(rollouts: Rollouts, path: Path) -> None:
     """``calibration_metrics.csv``: the original per-rollout columns with a true ``parseable``.
 
@@ -227,31 +245,27 @@ def write_rollouts_csv(rollouts: Rollouts, path: Path) -> None:
         "confidence",
     ]
     ok = rollouts.parseable
-
-    def column(values: np.ndarray, keep: np.ndarray | None = None) -> list:
-        # Python floats are written with repr (round-trip exact); "" where a value does not exist
-        if keep is None:
-            return values.tolist()
-        return [v if k else "" for v, k in zip(values.tolist(), keep.tolist(), strict=True)]
-
     columns = [
-        column(rollouts.index),
-        column(rollouts.step),
-        column(rollouts.reward),
-        column((rollouts.p_yes - rollouts.y) ** 2, ok),
-        column(rollouts.p_yes, ok),
+        _texts(rollouts.index),
+        _texts(rollouts.step),
+        _texts(rollouts.reward),
+        _texts((rollouts.p_yes - rollouts.y) ** 2, ok),
+        _texts(rollouts.p_yes, ok),
         ["True" if v else "False" for v in rollouts.y.tolist()],
-        column(ok.astype(int)),
-        column(rollouts.length, ~np.isnan(rollouts.length)),
-        column(rollouts.length_penalty),
-        column(rollouts.question, rollouts.question >= 0),
-        column(rollouts.correct.astype(int)),
-        column(rollouts.confidence, ok),
+        _texts(ok.astype(np.int64)),
+        _texts(rollouts.length, ~np.isnan(rollouts.length)),
+        _texts(rollouts.length_penalty),
+        _texts(rollouts.question, rollouts.question >= 0),
+        _texts(rollouts.correct.astype(np.int64)),
+        _texts(rollouts.confidence, ok),
     ]
+    # What csv.writer would write (its default \r\n line ends): no field is ever quoted, as
+    # numbers, True/False and "" hold no comma, quote or newline. Joined here: 3x faster.
+    lines = map(",".join, zip(*columns, strict=True))
     with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows(zip(*columns, strict=True))
+        f.write(",".join(header) + "\r\n")
+        if len(rollouts):
+            f.write("\r\n".join(lines) + "\r\n")
 
 
 def _fmt(value: float, digits: int = 3) -> str:
