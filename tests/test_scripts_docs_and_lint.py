@@ -15,9 +15,7 @@ import pytest
 
 from tests.fixtures.scripts.fakebox import FAKES, REPO
 
-SCRIPTS = sorted(
-    str(p.relative_to(REPO)) for p in [*REPO.glob("*.sh"), *REPO.glob("scripts/*.sh")]
-)
+SCRIPTS = sorted(str(p.relative_to(REPO)) for p in [*REPO.glob("*.sh"), *REPO.glob("scripts/*.sh")])
 DOCS = [REPO / "README.md", REPO / "CLAUDE.md", *sorted((REPO / "docs").glob("*.md"))]
 FENCE = re.compile(r"^```[^\n]*\n(.*?)^```", re.S | re.M)
 PROJECT_SCRIPT = re.compile(r"(?:^|[\s/\"'])([\w-]+\.(?:sh|py))(?=$|[\s\"';|&)])")
