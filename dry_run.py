@@ -43,7 +43,7 @@ from dryrun.run import (
     run_analysis,
     run_rollouts,
 )
-from dryrun.server import Server, serve, terminate_on_sigterm
+from dryrun.server import Server, ServerError, serve, terminate_on_sigterm
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -270,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except DryRunError as exc:
+    except (DryRunError, ServerError) as exc:
         print(f"dry run failed: {exc}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:

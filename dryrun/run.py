@@ -22,9 +22,13 @@ import tomllib
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from calibrated_qa.records import LOG_FILE_NAMES, validate_record
+from calibrated_qa.records import LOG_FILE_NAMES, RecordError, validate_record
+
+if TYPE_CHECKING:
+    import verifiers as vf
+    from datasets import Dataset
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO / "configs" / "calibrated_qa_gemma2_2b.toml"
@@ -123,7 +127,9 @@ class Paths:
             path.unlink(missing_ok=True)
 
 
-def prepare(env_args: dict[str, Any], num_examples: int, rollouts_per_example: int):
+def prepare(
+    env_args: dict[str, Any], num_examples: int, rollouts_per_example: int
+) -> tuple[vf.Environment, Dataset]:
     """The environment and its rollout inputs (N questions, each repeated K times).
 
     Built before the server starts, so a bad argument or dataset fails in a second, not after
@@ -139,8 +145,8 @@ def prepare(env_args: dict[str, Any], num_examples: int, rollouts_per_example: i
 
 
 def run_rollouts(
-    env: Any,
-    inputs: Any,
+    env: vf.Environment,
+    inputs: Dataset,
     *,
     base_url: str,
     model: str,
@@ -180,7 +186,10 @@ def read_log(path: Path) -> list[dict]:
     if not path.exists():
         raise DryRunError(f"no generation log at {path}")
     lines = path.read_text(encoding="utf-8").splitlines()
-    return [validate_record(json.loads(line), f"{path}:{i}") for i, line in enumerate(lines, 1)]
+    try:
+        return [validate_record(json.loads(line), f"{path}:{i}") for i, line in enumerate(lines, 1)]
+    except (RecordError, ValueError) as exc:
+        raise DryRunError(f"invalid generation log: {exc}") from exc
 
 
 @dataclass

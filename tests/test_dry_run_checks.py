@@ -5,6 +5,8 @@ and the checks that compare the generation log with what the server received. No
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ from dryrun.run import DEFAULT_CONFIG, DryRunError, check, dry_run_env_args, rea
 from tests.conftest import FIXTURES
 
 CONFIGS = FIXTURES / "dryrun"
+REPO = Path(__file__).resolve().parent.parent
 
 
 def test_reads_the_training_config() -> None:
@@ -126,3 +129,34 @@ def test_every_broken_invariant_is_reported() -> None:
     assert any("not exactly one user message" in p and "system" in p for p in problems)
     assert any("1 records without exact tokens" in p for p in problems)
     assert any("2 records disagree with the server's usage" in p for p in problems)
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(REPO / "dry_run.py"), *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_cli_help() -> None:
+    run = run_cli("--help")
+    assert run.returncode == 0
+    assert "--max-tokens" in run.stdout and "--serve" in run.stdout
+
+
+def test_cli_refuses_a_bad_config_before_building_or_serving(tmp_path: Path) -> None:
+    run = run_cli(
+        "--config",
+        str(CONFIGS / "max_tokens_mismatch.toml"),
+        "--out",
+        str(tmp_path / "out"),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+    )
+    assert run.returncode == 1
+    assert "dry run failed" in run.stderr and "differs from the sampler's" in run.stderr
+    assert "starting transformers serve" not in run.stdout
+    assert not (tmp_path / "cache").exists()
