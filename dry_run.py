@@ -196,6 +196,7 @@ def dry_run(
     args: argparse.Namespace, config: TrainingConfig, paths: Paths, env_args: dict, max_tokens: int
 ) -> int:
     """Steps 1-6 of the module docstring; returns the exit code."""
+    started = time.time()
     paths.fresh()
     env, inputs = prepare(env_args, args.num_examples, args.rollouts_per_example)
     built = build(args)
@@ -223,7 +224,8 @@ def dry_run(
         )
         if checks.analysis_rollouts != expected:
             checks.problems.append(f"the analysis counted {checks.analysis_rollouts} rollouts")
-    files = {show(p) for p in paths.out.rglob("*") if p.is_file()} | {show(paths.report)}
+    written = [p for p in paths.out.rglob("*") if p.is_file() and p.stat().st_mtime >= started]
+    files = {show(p) for p in written} | {show(paths.report)}  # not a previous run's leftovers
     report = make_report(
         records,
         checks,
