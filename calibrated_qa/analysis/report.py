@@ -501,14 +501,24 @@ def write_plots(result: Analysis, out: Path) -> None:
     )
 
 
+PLOT_FILES = (
+    "calibration_curves.png",
+    "calibration_curves_ensemble.png",
+    "pyes_histograms.png",
+    "brier_over_time.png",
+)
+
+
 def write_outputs(result: Analysis, out: Path) -> list[Path]:
-    """Write every file of ``--out``; returns the paths written."""
+    """Write every file of ``--out``; returns the paths written (and only those)."""
     out.mkdir(parents=True, exist_ok=True)
-    write_metrics_by_step(result, out / "metrics_by_step.csv")
-    write_rollouts_csv(result.rollouts, out / "calibration_metrics.csv")
-    (out / "summary.md").write_text(summary_markdown(result))
+    written = [out / "metrics_by_step.csv", out / "calibration_metrics.csv", out / "summary.md"]
+    write_metrics_by_step(result, written[0])
+    write_rollouts_csv(result.rollouts, written[1])
+    written[2].write_text(summary_markdown(result))
     if result.options.plots:
         write_plots(result, out)
+        written += [out / name for name in PLOT_FILES]
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    return sorted(out.iterdir())
+    return written
