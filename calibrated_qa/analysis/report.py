@@ -359,9 +359,19 @@ def _step_table(rows: Sequence[dict[str, float]]) -> list[str]:
     return lines
 
 
+def _shown_path(path: Path | str) -> str:
+    """Relative to the working directory when below it, so reports do not embed a home path."""
+    path = Path(path)
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def _inputs(result: Analysis) -> list[str]:
     read = result.read
-    lines = [f"- Files ({read.fmt} format, in order): " + ", ".join(f"`{f}`" for f in read.files)]
+    files = ", ".join(f"`{_shown_path(f)}`" for f in read.files)
+    lines = [f"- Files ({read.fmt} format, in order): {files}"]
     lines.append(
         f"- Rollouts analysed: {len(result.rollouts)} ({read.n_records} read, split "
         f"`{result.options.split}`), {len(result.rows)} steps "
