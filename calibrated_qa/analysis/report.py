@@ -335,18 +335,9 @@ def _cross_check(result: Analysis) -> list[str]:
 
 
 def _step_table(rows: Sequence[dict[str, float]]) -> list[str]:
-    names = [
-        "parse_rate",
-        "accuracy",
-        "ece_pyes",
-        "ece_conf",
-        "brier",
-        "auroc",
-        "reward",
-        "calibration_reward",
-        "length_penalty",
-        "penalized_frac",
-    ]
+    # The summary's table keeps it short: the CSV has the length and ensemble columns too.
+    short = {"mean_length", "mean_p_yes", "ensemble_brier", "ensemble_ece_pyes"}
+    names = [name for name in METRIC_NAMES if name not in short]
     has_orch = "orchestrator_reward" in rows[0]
     head = ["step", "n", *names] + (["orchestrator_reward"] if has_orch else [])
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
