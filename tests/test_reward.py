@@ -138,3 +138,16 @@ def test_any_completion_gives_a_finite_reward_in_range(
     assert -1.0 <= score.reward <= 1.0
     assert -1.0 <= score.length_penalty <= 0.0
     assert 0.0 <= score.calibration_reward <= 1.0
+
+
+@pytest.mark.parametrize(
+    ("n_chars", "length", "penalty"),
+    [(0, 0.0, -1.0), (2048, 512.0, -1.0), (4000, 1000.0, -1.0), (1024, 256.0, 0.0)],
+)
+def test_exact_breakpoints_in_chars_unit(n_chars: int, length: float, penalty: float) -> None:
+    """The breakpoints that characters / 4 can hit exactly (51.2 would need 204.8 characters)."""
+    text = "z" * n_chars
+    score = score_completion(text, False, max_tokens=M, length_unit="chars")
+    assert score.length == length
+    assert score.length_penalty == penalty
+    assert score.reward == penalty  # unparseable: no calibration term
