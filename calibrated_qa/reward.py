@@ -33,6 +33,27 @@ def brier_score(p_yes: float, label: bool) -> float:
     return (p_yes - float(label)) ** 2
 
 
+def predicts_yes(p_yes: float) -> bool:
+    """The side of 0.5 a stated P(YES) takes: the prediction accuracy and confidence are about.
+
+    Defined on P(YES), not on the answer word, because the reward is: "YES with 30%" and
+    "NO with 70%" score the same, so RL has no reason to keep the word consistent, and the
+    original recipe's logs record no word at all. A stated 50% takes no side and counts as NO
+    (the usual 0.5 threshold), in every input format.
+    """
+    return p_yes > 0.5
+
+
+def answer_confidence(p_yes: float) -> float:
+    """Confidence in the predicted answer: ``max(P(YES), 1 - P(YES))``, in [0.5, 1]."""
+    return p_yes if predicts_yes(p_yes) else 1.0 - p_yes
+
+
+def is_correct(p_yes: float | None, label: bool) -> bool:
+    """The predicted answer matches the truth; an unparseable rollout (None) is never correct."""
+    return p_yes is not None and predicts_yes(p_yes) == label
+
+
 def calibration_reward(p_yes: float | None, label: bool) -> float:
     """``1 - Brier`` for a parsed answer, 0 for an unparseable one (``p_yes is None``)."""
     return 0.0 if p_yes is None else 1.0 - brier_score(p_yes, label)
@@ -88,11 +109,7 @@ def score_completion(
     length_unit: LengthUnit = "chars",
     completion_tokens: int | None = None,
 ) -> RolloutScore:
-    """Score one completion against the true answer.
-
-    ``correct`` means the stated answer word matches the truth (YES for a true question); an
-    unparseable completion is never correct. The confidence in that answer is ``pct / 100``.
-    """
+    """Score one completion against the true answer (``correct``: see ``is_correct``)."""
     parsed = parse_answer(text)
     p_yes = None if parsed is None else parsed.p_yes
     length, unit_used = completion_length(text, completion_tokens, length_unit)
@@ -106,7 +123,7 @@ def score_completion(
         pct=None if parsed is None else parsed.pct,
         p_yes=p_yes,
         parseable=parsed is not None,
-        correct=parsed is not None and (parsed.answer == "YES") == label,
+        correct=is_correct(p_yes, label),
         brier=None if p_yes is None else brier_score(p_yes, label),
         calibration_reward=calibration,
         length=length,

@@ -9,9 +9,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from calibrated_qa.reward import (
+    answer_confidence,
     brier_score,
     calibration_reward,
     completion_length,
+    is_correct,
     length_penalty,
     score_completion,
 )
@@ -110,7 +112,7 @@ def test_unparseable_scores_zero_calibration_but_keeps_length_penalty() -> None:
     assert score.reward == score.length_penalty
 
 
-def test_correct_means_stated_answer_matches_truth() -> None:
+def test_correct_is_the_side_of_one_half_p_yes_takes() -> None:
     text = "r" * 600 + "\nANSWER: NO with 80% probability"
     no_on_false = score_completion(text, False, max_tokens=M)
     no_on_true = score_completion(text, True, max_tokens=M)
@@ -119,6 +121,32 @@ def test_correct_means_stated_answer_matches_truth() -> None:
     assert no_on_false.brier == pytest.approx(0.04)
     assert no_on_false.reward == pytest.approx(0.96)
     assert no_on_true.reward == pytest.approx(1 - 0.64)
+
+
+@pytest.mark.parametrize(
+    ("statement", "label", "correct", "confidence"),
+    [
+        ("YES with 30%", False, True, 0.7),  # P(YES) = 0.3: predicts NO, whatever the word
+        ("YES with 30%", True, False, 0.7),
+        ("NO with 5%", True, True, 0.95),  # P(YES) = 0.95
+        ("YES with 50%", False, True, 0.5),  # no side taken: counts as NO
+        ("NO with 50%", True, False, 0.5),
+        ("YES with 51%", True, True, 0.51),
+    ],
+)
+def test_prediction_and_confidence_come_from_p_yes(
+    statement: str, label: bool, correct: bool, confidence: float
+) -> None:
+    score = score_completion("r" * 600 + f"\nANSWER: {statement} probability", label, max_tokens=M)
+    assert score.correct is correct
+    assert is_correct(score.p_yes, label) is correct
+    assert answer_confidence(score.p_yes) == pytest.approx(confidence)
+
+
+def test_equivalent_statements_score_the_same() -> None:
+    yes30 = score_completion("r" * 600 + "\nANSWER: YES with 30% probability", True, max_tokens=M)
+    no70 = score_completion("r" * 600 + "\nANSWER: NO with 70% probability", True, max_tokens=M)
+    assert (yes30.reward, yes30.correct, yes30.brier) == (no70.reward, no70.correct, no70.brier)
 
 
 @given(
