@@ -100,6 +100,7 @@ def write_log(path: Path, scale: float, seed: int = 0) -> int:
                     completion=text,
                     completion_tokens=None,
                     truncated=False,
+                    max_tokens=512,
                 )
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")
     return path.stat().st_size

@@ -10,6 +10,8 @@ that samples from them, and BoolQ comes from the local Hugging Face cache after 
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 from typing import Any
 
@@ -50,19 +52,41 @@ def completion_text(completion: Any) -> str:
 
 
 def completion_token_count(state: Any) -> int | None:
-    """Exact completion tokens of a rollout: the token ids if the client kept them, else usage."""
+    """Exact completion tokens of a rollout: the server's usage count, else the token ids.
+
+    Usage comes first: prime-rl's token client cuts ``completion_ids`` to what fits in
+    ``max_seq_len`` (and empties them for an overlong prompt), while usage counts what the model
+    actually generated, which is what the length penalty is about.
+    """
+    steps = state.get("trajectory") or []
+    if not steps:
+        return None
     total = 0
-    for step in state.get("trajectory") or []:
+    for step in steps:
+        usage = getattr(step.get("response"), "usage", None)
         tokens = step.get("tokens")
-        response = step.get("response")
-        usage = getattr(response, "usage", None)
-        if tokens and tokens.get("completion_ids") is not None:
-            total += len(tokens["completion_ids"])
-        elif usage is not None and usage.completion_tokens is not None:
+        if usage is not None and usage.completion_tokens is not None:
             total += usage.completion_tokens
+        elif tokens and tokens.get("completion_ids") is not None:
+            total += len(tokens["completion_ids"])
         else:
             return None
-    return total if state.get("trajectory") else None
+    return total
+
+
+def check_sampling_max_tokens(sampling_args: Any, max_tokens: int) -> None:
+    """Refuse to sample with a ``max_tokens`` other than the length penalty's ``M``.
+
+    A mismatch would silently skew the penalty (e.g. M = 512 while sampling 1,024 tokens lets
+    rambling go unpunished up to the cut-off), so it is an error, not a warning.
+    """
+    sampled = (sampling_args or {}).get("max_tokens")
+    if sampled is not None and sampled != max_tokens:
+        raise ValueError(
+            f"the sampler's max_tokens ({sampled}) differs from the environment's max_tokens "
+            f"({max_tokens}), the M of the length penalty: set both to the same value "
+            "([orchestrator.sampling].max_tokens and the env's args.max_tokens)"
+        )
 
 
 def _is_truncated(state: Any) -> bool:
@@ -85,9 +109,10 @@ class CalibrationRubric(vf.Rubric):
     """Reward = calibration term + length penalty; zero-weight metrics for every ingredient.
 
     The rollout is scored once (cached in the state) and every function reads that score, so the
-    reward and its logged ingredients cannot disagree. For the per-step means prime-rl sends to
-    W&B, an unparseable rollout counts as ``brier = 1`` (its calibration term is 0) and
-    ``p_yes = 0.5``; the generation log keeps them as null, and the analysis never imputes them.
+    reward and its logged ingredients cannot disagree. prime-rl logs each metric's mean over all
+    rollouts of a step. ``brier`` and ``p_yes`` exist only for parseable rollouts, so their metrics
+    are 0 for an unparseable one: divide their step mean by the mean of ``parseable`` to get the
+    mean over parseable rollouts, the definition the analysis uses (nothing is imputed).
     """
 
     def __init__(
@@ -136,11 +161,12 @@ class CalibrationRubric(vf.Rubric):
         return self.score(state).length_penalty
 
     def brier(self, state: vf.State) -> float:
-        return 1.0 - self.score(state).calibration_reward
+        brier = self.score(state).brier
+        return 0.0 if brier is None else brier
 
     def p_yes(self, state: vf.State) -> float:
         p_yes = self.score(state).p_yes
-        return 0.5 if p_yes is None else p_yes
+        return 0.0 if p_yes is None else p_yes
 
     def parseable(self, state: vf.State) -> float:
         return float(self.score(state).parseable)
@@ -153,25 +179,51 @@ class CalibrationRubric(vf.Rubric):
 
     @vf.cleanup
     async def write_generation_record(self, state: vf.State) -> None:
-        """Append the rollout to the generation log (after scoring; never raises)."""
-        if self.log is None or state.get("completion") is None:
+        """Append a scored rollout to the generation log; never raises.
+
+        Only rollouts prime-rl trains on are logged: not a failed attempt (``state["error"]``,
+        which prime-rl re-runs), not an overlong prompt, not an unscored rollout.
+        """
+        if self.log is None or _SCORE_KEY not in state or state.get("error") is not None:
+            return
+        if state.get("prompt_too_long"):
             return
         try:
             info = state.get("info") or {}
             record = make_record(
                 score=self.score(state),
                 example_id=int(state["example_id"]),
-                split=info.get("split", "train"),
-                question=info.get("question", ""),
+                split=info["split"],
+                question=info["question"],
                 label=state["answer"] == "true",
                 completion=completion_text(state.get("completion")),
                 completion_tokens=completion_token_count(state),
                 truncated=_is_truncated(state),
+                max_tokens=self.max_tokens,
             )
-        except Exception as exc:
+        except Exception as exc:  # a log problem must not fail the rollout
             print(f"[calibrated_qa] could not build a log record: {exc!r}", flush=True)
             return
-        self.log.append(record)
+        # flock + write off the event loop: a worker's other rollouts go on meanwhile.
+        await asyncio.to_thread(self.log.append, record)
+
+
+class CalibratedQAEnv(vf.SingleTurnEnv):
+    """A single-turn environment that refuses a sampler ``max_tokens`` other than its own M."""
+
+    def __init__(self, *, max_tokens: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.max_tokens = max_tokens
+
+    async def rollout(
+        self,
+        input: vf.RolloutInput,  # verifiers' parameter name
+        client: vf.Client,
+        model: str,
+        sampling_args: vf.SamplingArgs | None = None,
+    ) -> vf.State:
+        check_sampling_max_tokens(sampling_args, self.max_tokens)
+        return await super().rollout(input, client, model, sampling_args)
 
 
 def _check_args(
@@ -219,6 +271,11 @@ def load_environment(
     Unknown arguments raise ``TypeError`` (Python's own check on this signature).
     """
     _check_args(max_tokens, length_unit, max_passage_chars, num_train_examples, num_eval_examples)
+    if dataset_split == eval_split:
+        logging.getLogger(__name__).warning(
+            "dataset_split and eval_split are both %r: evaluation is not on held-out questions",
+            eval_split,
+        )
     log_dir = log_dir or os.environ.get(LOG_DIR_ENV_VAR) or None
     common = dict(
         dataset_name=dataset_name,
@@ -244,7 +301,8 @@ def load_environment(
         log=GenerationLog(log_dir) if log_dir else None,
         parser=parser,
     )
-    return vf.SingleTurnEnv(
+    return CalibratedQAEnv(
+        max_tokens=max_tokens,
         dataset=train_dataset,
         eval_dataset=eval_dataset,
         parser=parser,

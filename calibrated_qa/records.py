@@ -59,6 +59,7 @@ class GenerationRecord(TypedDict):
     length_unit: Literal["chars", "tokens"]  # "chars" means characters / 4
     completion_tokens: int | None  # exact count when the server reported one
     truncated: bool  # generation stopped at max_tokens
+    max_tokens: int  # M of the length penalty (= the sampler's max_tokens)
 
 
 RECORD_FIELDS: tuple[str, ...] = tuple(GenerationRecord.__annotations__)
@@ -74,6 +75,7 @@ def make_record(
     completion: str,
     completion_tokens: int | None,
     truncated: bool,
+    max_tokens: int,
 ) -> GenerationRecord:
     """Assemble one record from a rollout's score and identity."""
     return GenerationRecord(
@@ -98,6 +100,7 @@ def make_record(
         length_unit=score.length_unit,
         completion_tokens=completion_tokens,
         truncated=truncated,
+        max_tokens=max_tokens,
     )
 
 
@@ -162,21 +165,83 @@ class RecordError(ValueError):
     """A log line that is not a valid record; the message names the file, line and field."""
 
 
+_NUMBER = (int, float)
+_TYPES: dict[str, tuple[type, ...]] = {
+    "time": _NUMBER,
+    "pid": (int,),
+    "example_id": (int,),
+    "question": (str,),
+    "completion": (str,),
+    "parseable": (bool,),
+    "correct": (bool,),
+    "calibration_reward": _NUMBER,
+    "length_penalty": _NUMBER,
+    "reward": _NUMBER,
+    "length": _NUMBER,
+    "truncated": (bool,),
+    "max_tokens": (int,),
+}
+_ENUMS: dict[str, tuple[Any, ...]] = {
+    "split": SPLITS,
+    "ground_truth": ("true", "false"),
+    "length_unit": ("chars", "tokens"),
+}
+_RANGES: dict[str, tuple[float, float]] = {
+    "calibration_reward": (0.0, 1.0),
+    "length_penalty": (-1.0, 0.0),
+    "reward": (-1.0, 1.0),
+}
+
+
 def validate_record(obj: Any, where: str) -> GenerationRecord:
-    """Check one parsed line against schema version 1; ``where`` is ``"file:line"``."""
+    """Check one parsed line against schema version 1; ``where`` is ``"file:line"``.
+
+    The one definition of a valid record: the dry run, the tests and the analysis all call it.
+    Every error names the place and the field.
+    """
+
+    def fail(message: str) -> RecordError:
+        return RecordError(f"{where}: {message}")
+
     if not isinstance(obj, dict):
-        raise RecordError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+        raise fail(f"expected a JSON object, got {type(obj).__name__}")
     missing = [name for name in RECORD_FIELDS if name not in obj]
     if missing:
-        raise RecordError(f"{where}: missing field(s) {', '.join(missing)}")
+        raise fail(f"missing field(s) {', '.join(missing)}")
     if obj["schema"] != SCHEMA_VERSION:
-        raise RecordError(
-            f"{where}: field 'schema' is {obj['schema']!r}, this code reads {SCHEMA_VERSION}"
-        )
-    if obj["split"] not in SPLITS:
-        raise RecordError(f"{where}: field 'split' must be one of {SPLITS}, got {obj['split']!r}")
-    if obj["ground_truth"] not in ("true", "false"):
-        raise RecordError(f"{where}: field 'ground_truth' must be 'true' or 'false'")
+        raise fail(f"field 'schema' is {obj['schema']!r}, this code reads {SCHEMA_VERSION}")
+    for name, allowed in _ENUMS.items():
+        if obj[name] not in allowed:
+            raise fail(f"field {name!r} must be one of {allowed}, got {obj[name]!r}")
+    for name, types in _TYPES.items():
+        value = obj[name]
+        if not isinstance(value, types) or (bool not in types and isinstance(value, bool)):
+            raise fail(
+                f"field {name!r} has type {type(value).__name__}, expected {types[0].__name__}"
+            )
+    for name, (low, high) in _RANGES.items():
+        if not low <= obj[name] <= high:
+            raise fail(f"field {name!r} = {obj[name]!r} is outside [{low}, {high}]")
     if obj["parseable"] != (obj["p_yes"] is not None):
-        raise RecordError(f"{where}: fields 'parseable' and 'p_yes' disagree")
+        raise fail("fields 'parseable' and 'p_yes' disagree")
+    if obj["parseable"]:
+        if obj["answer"] not in ("YES", "NO"):
+            raise fail(f"field 'answer' must be 'YES' or 'NO', got {obj['answer']!r}")
+        if (
+            not isinstance(obj["pct"], int)
+            or isinstance(obj["pct"], bool)
+            or not 0 <= obj["pct"] <= 100
+        ):
+            raise fail(f"field 'pct' must be an integer in 0..100, got {obj['pct']!r}")
+        for name in ("p_yes", "brier"):
+            value = obj[name]
+            if not isinstance(value, _NUMBER) or isinstance(value, bool) or not 0 <= value <= 1:
+                raise fail(f"field {name!r} must be a number in [0, 1], got {value!r}")
+    elif any(obj[name] is not None for name in ("pct", "answer", "brier")):
+        raise fail("an unparseable record must have null 'pct', 'answer' and 'brier'")
+    tokens = obj["completion_tokens"]
+    if tokens is not None and (
+        not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 0
+    ):
+        raise fail(f"field 'completion_tokens' must be null or a count, got {tokens!r}")
     return obj  # type: ignore[return-value]

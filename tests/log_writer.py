@@ -35,6 +35,7 @@ def main(log_dir: str, writer: int, count: int) -> None:
             completion=text,
             completion_tokens=None,
             truncated=False,
+            max_tokens=512,
         )
         if not log.append(record):
             sys.exit(f"writer {writer}: append failed at record {seq}")

@@ -86,6 +86,7 @@ def record(completion: str, completion_tokens: int | None, unit: str = "tokens")
         completion=completion,
         completion_tokens=completion_tokens,
         truncated=False,
+        max_tokens=8,
     )
     return validate_record(json.loads(json.dumps(made)), "test")
 

@@ -108,8 +108,9 @@ def test_generate_scores_and_logs_every_rollout(
         assert metrics["parseable"] == float(expected.parseable)
         assert metrics["correct"] == float(expected.correct)
         assert metrics["length"] == pytest.approx(expected.length)
-        assert metrics["brier"] == pytest.approx(1 - expected.calibration_reward)
-        assert metrics["p_yes"] == pytest.approx(0.5 if expected.p_yes is None else expected.p_yes)
+        # brier and p_yes exist only for parseable rollouts: 0 otherwise (see CalibrationRubric)
+        assert metrics["brier"] == pytest.approx(expected.brier or 0.0)
+        assert metrics["p_yes"] == pytest.approx(expected.p_yes or 0.0)
 
         record = by_key[(output["example_id"], completion)]
         assert record["split"] == "train"
@@ -122,6 +123,7 @@ def test_generate_scores_and_logs_every_rollout(
         assert record["parseable"] == expected.parseable
         assert record["brier"] == expected.brier
         assert record["truncated"] is False
+        assert record["max_tokens"] == 512
         if with_usage:
             assert record["length_unit"] == "tokens"
             assert record["completion_tokens"] == token_count(completion)
@@ -276,3 +278,93 @@ def test_unknown_split_is_named(local_boolq: Path) -> None:
     env = load_environment(dataset_name=str(local_boolq), dataset_split="tran")
     with pytest.raises(ValueError, match="split 'tran' not found"):
         env.get_dataset()
+
+
+class FailingClient(ScriptedClient):
+    """A model server that fails every request, as during a weight update or a timeout."""
+
+    async def get_response(self, prompt, model, sampling_args, tools=None, **kwargs):
+        raise vf.EmptyModelResponseError("no content")
+
+
+def test_failed_rollouts_are_not_logged(local_boolq: Path, tmp_path: Path) -> None:
+    """prime-rl re-runs a failed rollout; logging the failure too would add a fake record."""
+    env = make_env(local_boolq, tmp_path)
+    results = env.generate_sync(env.get_dataset(n=2), client=FailingClient(script), model="m")
+    assert all(o.get("error") for o in results["outputs"])
+    assert not (tmp_path / "generations.jsonl").exists()
+
+
+def test_unscored_rollouts_are_not_logged(local_boolq: Path, tmp_path: Path) -> None:
+    env = make_env(local_boolq, tmp_path)
+    env.set_kwargs(score_rollouts=False)  # as prime-rl does when verification is off
+    env.generate_sync(env.get_dataset(n=2), client=ScriptedClient(script), model="m")
+    assert not (tmp_path / "generations.jsonl").exists()
+
+
+def test_a_sampler_max_tokens_other_than_m_is_an_error(local_boolq: Path, tmp_path: Path) -> None:
+    env = make_env(local_boolq, tmp_path)  # max_tokens = 512
+    with pytest.raises(ValueError, match=r"sampler's max_tokens \(1024\) differs"):
+        env.generate_sync(
+            env.get_dataset(n=1),
+            client=ScriptedClient(script),
+            model="m",
+            sampling_args={"max_tokens": 1024},
+        )
+    assert not (tmp_path / "generations.jsonl").exists()
+
+
+class TokenIdsClient(ScriptedClient):
+    """Returns token ids as prime-rl's token client does, optionally cut shorter than usage."""
+
+    def __init__(self, n_ids: int, n_usage: int | None) -> None:
+        super().__init__(script, usage=None if n_usage is None else (lambda _: n_usage))
+        self.n_ids = n_ids
+
+    async def get_response(self, prompt, model, sampling_args, tools=None, **kwargs):
+        from verifiers.types import ResponseTokens
+
+        response = await super().get_response(prompt, model, sampling_args, tools, **kwargs)
+        response.message.tokens = ResponseTokens(
+            prompt_ids=[1, 2],
+            prompt_mask=[0, 0],
+            completion_ids=list(range(self.n_ids)),
+            completion_mask=[1] * self.n_ids,
+            completion_logprobs=[0.0] * self.n_ids,
+        )
+        return response
+
+
+@pytest.mark.parametrize(
+    ("n_ids", "n_usage", "expected"),
+    [(300, None, 300), (100, 512, 512)],  # usage wins over ids cut to max_seq_len
+    ids=["ids-only", "ids-truncated"],
+)
+def test_token_counts_from_token_ids_and_usage(
+    local_boolq: Path, tmp_path: Path, n_ids: int, n_usage: int | None, expected: int
+) -> None:
+    env = make_env(local_boolq, tmp_path, length_unit="tokens")
+    client = TokenIdsClient(n_ids, n_usage)
+    env.generate_sync(env.get_dataset(n=1), client=client, model="m")
+    (record,) = read_log(tmp_path / "generations.jsonl")
+    assert record["completion_tokens"] == expected
+    assert record["length"] == expected and record["length_unit"] == "tokens"
+
+
+def test_prime_rl_env_group_keeps_identity_and_split(local_boolq: Path, tmp_path: Path) -> None:
+    """prime-rl wraps each training env in a vf.EnvGroup, which renames the task and renumbers
+    example_id; the records must still carry the question and the split."""
+    group = vf.EnvGroup(envs=[make_env(local_boolq, tmp_path)], env_names=["calibrated-qa"])
+    inputs = group.get_dataset(n=4)
+    results = group.generate_sync(inputs, client=ScriptedClient(script), model="m")
+    records = read_log(tmp_path / "generations.jsonl")
+    assert len(records) == len(results["outputs"]) == 4
+    by_id = {row["example_id"]: row for row in inputs}
+    for record in records:
+        assert record["question"] == by_id[record["example_id"]]["info"]["question"]
+        assert record["split"] == "train"
+    eval_results = group.evaluate_sync(
+        client=ScriptedClient(script), model="m", num_examples=3, rollouts_per_example=1
+    )
+    assert len(eval_results["outputs"]) == 3
+    assert {r["split"] for r in read_log(tmp_path / "eval_generations.jsonl")} == {"eval"}

@@ -110,6 +110,25 @@ def test_unserialisable_record_is_reported_not_raised(
     assert not (tmp_path / "generations.jsonl").exists()
 
 
+def valid_record() -> dict:
+    from calibrated_qa.records import make_record
+    from calibrated_qa.reward import score_completion
+
+    text = "x" * 800 + "\nANSWER: NO with 70% probability"
+    record = make_record(
+        score=score_completion(text, False, max_tokens=512),
+        example_id=3,
+        split="train",
+        question="is it",
+        label=False,
+        completion=text,
+        completion_tokens=None,
+        truncated=False,
+        max_tokens=512,
+    )
+    return json.loads(json.dumps(record))
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -117,13 +136,34 @@ def test_unserialisable_record_is_reported_not_raised(
         (lambda r: r.update(schema=2), "field 'schema' is 2"),
         (lambda r: r.update(split="test"), "field 'split' must be one of"),
         (lambda r: r.update(ground_truth=True), "field 'ground_truth'"),
+        (lambda r: r.update(length_unit="words"), "field 'length_unit' must be one of"),
         (lambda r: r.update(parseable=False), "'parseable' and 'p_yes' disagree"),
+        (lambda r: r.update(reward=None), "field 'reward' has type NoneType"),
+        (lambda r: r.update(reward="0.5"), "field 'reward' has type str"),
+        (lambda r: r.update(example_id="3"), "field 'example_id' has type str"),
+        (lambda r: r.update(parseable=1), "field 'parseable' has type int"),
+        (lambda r: r.update(max_tokens=512.0), "field 'max_tokens' has type float"),
+        (lambda r: r.update(reward=1.5), "field 'reward' = 1.5 is outside"),
+        (lambda r: r.update(length_penalty=0.1), "field 'length_penalty' = 0.1 is outside"),
+        (lambda r: r.update(p_yes=1.7), "field 'p_yes' must be a number in"),
+        (lambda r: r.update(answer="MAYBE"), "field 'answer' must be 'YES' or 'NO'"),
+        (lambda r: r.update(pct=101), "field 'pct' must be an integer"),
+        (lambda r: r.update(completion_tokens=-1), "field 'completion_tokens'"),
+        (
+            lambda r: r.update(parseable=False, p_yes=None),
+            "unparseable record must have null 'pct', 'answer' and 'brier'",
+        ),
     ],
 )
 def test_validate_record_names_file_line_and_field(change, message: str) -> None:
-    record = {name: None for name in RECORD_FIELDS}
-    record.update(schema=1, split="train", ground_truth="true", parseable=True, p_yes=0.7)
+    record = valid_record()
     validate_record(dict(record), "log.jsonl:1")
     change(record)
     with pytest.raises(RecordError, match=rf"^log.jsonl:7: .*{message}"):
         validate_record(record, "log.jsonl:7")
+
+
+def test_records_the_environment_writes_are_valid() -> None:
+    record = valid_record()
+    assert set(record) == set(RECORD_FIELDS)
+    assert validate_record(record, "x") is record
