@@ -10,14 +10,17 @@ bootstrap evaluates 1,000 resamples without 1,000 Python-level calls.
 Definitions (also printed into every report, see ``DEFINITIONS``):
 
 - parse rate: parseable rollouts / all rollouts. Unparseable rollouts are never dropped silently.
-- accuracy: rollouts whose stated answer word matches the truth / **all** rollouts; an unparseable
-  rollout counts as wrong.
+- prediction, correctness, confidence: ``calibrated_qa.reward``'s, for every input format. The
+  prediction is YES iff P(YES) > 0.5 (a stated 50% counts as NO); a rollout is correct iff its
+  prediction matches the truth; its confidence is ``max(P(YES), 1 - P(YES))``. The answer word is
+  not used (the reward ignores it: "YES with 30%" predicts NO with confidence 0.7).
+- accuracy: correct rollouts / **all** rollouts; an unparseable rollout counts as wrong.
 - Brier: mean ``(P(YES) - y)^2`` over parseable rollouts, ``y = 1`` for a true answer.
 - ECE: 10 equal-width bins on the **integer percent** ``round(100 p)`` (half up): bins [0,10),
   [10,20), ..., [90,100], the last closed. ``sum_b n_b / n * |mean p_b - freq_b|``. Integer
   binning matters: with float edges 0.3 and 0.6 fall into the bin below (0.3 != 3 * 0.1).
   ``ece_pyes`` bins P(YES) against y (the recipe's view); ``ece_conf`` bins the confidence in the
-  chosen answer against its correctness (the literature's view). Both over parseable rollouts.
+  predicted answer against its correctness (the literature's view). Both over parseable rollouts.
 - AUROC: probability that a correct parseable rollout states a higher confidence in its answer than
   a wrong one (ties count one half): how well confidence separates right from wrong.
 """
@@ -34,14 +37,19 @@ PENALTY_TOLERANCE = 1e-6
 
 DEFINITIONS: dict[str, str] = {
     "parse_rate": "parseable rollouts / all rollouts (unparseable rollouts are never dropped)",
-    "accuracy": "stated answer word matches the truth, over ALL rollouts (unparseable = wrong)",
+    "prediction": (
+        "YES iff P(YES) > 0.5 (a stated 50% counts as NO), in every input format; the answer "
+        "word is not used (the reward ignores it)"
+    ),
+    "confidence": "max(P(YES), 1 - P(YES)): the stated probability of the predicted answer",
+    "accuracy": "prediction matches the truth, over ALL rollouts (unparseable = wrong)",
     "brier": "mean (P(YES) - y)^2 over parseable rollouts, y = 1 when the true answer is yes",
     "ece_pyes": (
         "10 equal-width bins on integer percent round(100*P(YES)) ([0,10), ..., [90,100] closed), "
         "sum_b n_b/n * |mean P(YES)_b - fraction true_b|, over parseable rollouts"
     ),
     "ece_conf": (
-        "same binning on the confidence in the chosen answer vs whether it is correct, "
+        "same binning on the confidence in the predicted answer vs whether it is correct, "
         "over parseable rollouts"
     ),
     "auroc": (

@@ -3,13 +3,12 @@
 Formats (detected from the first line, after gzip detection by magic bytes):
 
 - ``project``: this project's generation log (``calibrated_qa.records``, schema v1). The truth,
-  answer word, correctness, confidence (``pct / 100``) and question identity (``example_id``) are
-  read from the record itself.
+  P(YES) and question identity (``example_id``) are read from the record; correctness and
+  confidence are recomputed from P(YES) (see below), not taken from ``correct``/``pct``.
 - ``original-log``: the original recipe's ``generations.jsonl`` (``full_prompt, ground_truth,
   p_yes, p_yes_extracted, parseable, ...``). Its ``p_yes`` is 0.5 and its ``brier_score`` 0.25 for
   unparseable rollouts, so parseable is ``parseable and p_yes_extracted is not None`` and Brier is
-  recomputed. It records no answer word: the answer is YES iff P(YES) > 0.5 (a stated 50% counts
-  as NO), the confidence is the probability of that answer. The question identity is the last
+  recomputed. The question identity is the last
   ``Question:`` line of ``full_prompt`` (the instructions' worked examples have their own).
 - ``original-csv``: the original per-rollout table (``index,step,reward,brier_score,p_yes,
   ground_truth,parseable``). Its ``parseable`` is 1 on every row (``p_yes`` was defaulted to 0.5),
@@ -18,6 +17,13 @@ Formats (detected from the first line, after gzip detection by magic bytes):
   either and stay parseable; they are counted in ``ReadReport.ambiguous``. The table carries no
   question identity and no length; its ``step`` column is used as is. This project's own
   ``calibration_metrics.csv`` is the same table with a true ``parseable`` and extra columns.
+
+Prediction, correctness and confidence have one definition for all three formats, the reward's
+(``calibrated_qa.reward``): the prediction is YES iff P(YES) > 0.5 (a stated 50% counts as NO,
+``predicts_yes``), correct iff that prediction matches the truth (``is_correct``; never for an
+unparseable rollout), confidence = ``max(P(YES), 1 - P(YES))`` (``answer_confidence``). The answer
+word is not used: the reward ignores it ("YES with 30%" and "NO with 70%" score the same), and the
+original formats do not record it.
 
 Completion texts are never kept: memory does not grow with completion length.
 """
@@ -39,6 +45,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from calibrated_qa.records import RecordError, validate_record
+from calibrated_qa.reward import answer_confidence, is_correct
 
 Format = Literal["project", "original-log", "original-csv"]
 FORMATS: tuple[Format, ...] = ("project", "original-log", "original-csv")
@@ -260,23 +267,25 @@ def _project_row(obj: Any, where: str, cols: _Columns, position: tuple[int, int,
             float(record["length"]),
         )
         p_yes = float(record["p_yes"]) if parseable else 0.0
-        confidence = float(pct) / 100 if parseable else 0.0
         # One test for the common case; the field-by-field test only to name a bad field (a sum
         # of finite values can still overflow, which the second test then lets through).
-        if not math.isfinite(sum(numbers) + p_yes + confidence):
+        if not math.isfinite(sum(numbers) + p_yes):
             for name in NUMERIC_FIELDS:
                 if name not in ("p_yes", "pct") or parseable:
                     _finite(record[name], name)
+        if parseable and not 0 <= p_yes <= 1:
+            raise ValueError(f"p_yes out of [0, 1]: {p_yes}")
+        y = record["ground_truth"] == "true"
         cols.rows.append(
             (
                 *position,
                 -1,
                 cols.code(int(record["example_id"])),
-                record["ground_truth"] == "true",
+                y,
                 parseable,
-                bool(record["correct"]) and parseable,
+                is_correct(p_yes if parseable else None, y),
                 p_yes if parseable else math.nan,
-                confidence if parseable else math.nan,
+                answer_confidence(p_yes) if parseable else math.nan,
                 *numbers,
             )
         )
@@ -297,7 +306,6 @@ def _original_row(obj: Any, where: str, cols: _Columns, position: tuple[int, int
         p = _finite(obj["p_yes"], "p_yes") if parseable else math.nan
         if parseable and not 0 <= p <= 1:
             raise ValueError(f"p_yes out of [0, 1]: {p}")
-        says_yes = parseable and p > 0.5
         calibration = 1 - (p - y) ** 2 if parseable else 0.0
         cols.add(
             *position,
@@ -305,9 +313,9 @@ def _original_row(obj: Any, where: str, cols: _Columns, position: tuple[int, int
             cols.code(question_from_prompt(str(obj["full_prompt"]))),
             y,
             parseable,
-            parseable and says_yes == y,
+            is_correct(p if parseable else None, y),
             p,
-            (p if says_yes else 1 - p) if parseable else math.nan,
+            answer_confidence(p) if parseable else math.nan,
             _finite(obj["reward"], "reward"),
             calibration,
             _finite(obj["length_penalty"], "length_penalty"),
@@ -447,7 +455,6 @@ def _read_csv(
                     report.ambiguous += 1
             if parseable and not 0 <= p <= 1:
                 raise ValueError(f"p_yes out of [0, 1]: {p}")
-            says_yes = parseable and p > 0.5
             calibration = 1 - (p - y) ** 2 if parseable else 0.0
             question = -1
             if question_column is not None and row[question_column].strip():
@@ -460,9 +467,9 @@ def _read_csv(
                 question,
                 y,
                 parseable,
-                parseable and says_yes == y,
+                is_correct(p if parseable else None, y),
                 p,
-                (p if says_yes else 1 - p) if parseable else math.nan,
+                answer_confidence(p) if parseable else math.nan,
                 reward,
                 calibration,
                 _finite(get["length_penalty"], "length_penalty")
