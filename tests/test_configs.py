@@ -106,21 +106,31 @@ def test_checker_rejects_inconsistent_configs() -> None:
     assert "has no [[orchestrator.eval.env]]" in problems(c)
 
 
-PRIME_RL_GIT = Path("/work/.mirror/PrimeIntellect-ai+prime-rl/repo")
-PYDANTIC_CONFIG_GIT = Path("/work/.mirror/samsja+pydantic_config/repo")
-CHECKER = Path("/work/shared/tools/check_prime_rl_config.sh")
-
-
-@pytest.mark.skipif(
-    not (CHECKER.exists() and PRIME_RL_GIT.exists() and PYDANTIC_CONFIG_GIT.exists()),
-    reason="prime-rl's RLConfig is validated with the shared checker where its git dirs exist",
+# prime-rl and pydantic_config git dirs (a clone or a bare git dir each) and the shared checker;
+# the environment variables override the locations of this workspace.
+PRIME_RL_GIT = Path(
+    os.environ.get("PRIME_RL_GIT") or "/work/.mirror/PrimeIntellect-ai+prime-rl/repo"
 )
+PYDANTIC_CONFIG_GIT = Path(
+    os.environ.get("PYDANTIC_CONFIG_GIT") or "/work/.mirror/samsja+pydantic_config/repo"
+)
+CHECKER = Path(
+    os.environ.get("CHECK_PRIME_RL_CONFIG") or "/work/shared/tools/check_prime_rl_config.sh"
+)
+
+
 def test_valid_for_pinned_prime_rl() -> None:
-    env = {
-        **os.environ,
-        "PRIME_RL_GIT": str(PRIME_RL_GIT),
-        "PYDANTIC_CONFIG_GIT": str(PYDANTIC_CONFIG_GIT),
-    }
+    gits = {"PRIME_RL_GIT": PRIME_RL_GIT, "PYDANTIC_CONFIG_GIT": PYDANTIC_CONFIG_GIT}
+    if not any(path.exists() for path in gits.values()):
+        pytest.skip(
+            f"prime-rl's RLConfig not available: neither PRIME_RL_GIT ({PRIME_RL_GIT}) nor "
+            f"PYDANTIC_CONFIG_GIT ({PYDANTIC_CONFIG_GIT}) exists; set both to git dirs of "
+            "PrimeIntellect-ai/prime-rl and samsja/pydantic_config to validate the configs"
+        )
+    missing = [f"{name}={path}" for name, path in gits.items() if not path.exists()]
+    assert not missing, f"set to a git dir of the repository: {', '.join(missing)} not found"
+    assert CHECKER.exists(), f"config checker not found: {CHECKER} (set CHECK_PRIME_RL_CONFIG)"
+    env = {**os.environ, **{name: str(path) for name, path in gits.items()}}
     result = subprocess.run(
         ["bash", str(CHECKER), *map(str, CONFIGS)], env=env, capture_output=True, text=True
     )
