@@ -9,6 +9,7 @@ through exactly the same balancing and formatting code.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from datasets import Dataset
@@ -43,8 +44,13 @@ def is_local(dataset_name: str) -> bool:
     return Path(dataset_name).exists() or dataset_name.startswith(("/", ".", "~"))
 
 
+@functools.cache
 def load_split(dataset_name: str, split: str) -> Dataset:
-    """Load one raw split from the hub or a local folder and check its columns."""
+    """Load one raw split from the hub or a local folder and check its columns.
+
+    Cached per process: prime-rl's orchestrator builds the train and eval datasets of the
+    training env and the eval dataset of the eval env, and each must not reach the hub again.
+    """
     from datasets import load_dataset
 
     if is_local(dataset_name):
@@ -106,6 +112,15 @@ def balance(dataset: Dataset, seed: int) -> Dataset:
     return concatenate_datasets(halves).shuffle(seed=seed)
 
 
+def first_balanced(dataset: Dataset, n: int) -> Dataset:
+    """The first ``n`` rows of a balanced dataset that keep it balanced: ``ceil(n/2)`` true rows
+    and ``floor(n/2)`` false ones, in dataset order (a plain head of 16 rows can be 11 to 5)."""
+    answers = dataset["answer"]
+    true_idx = [i for i, a in enumerate(answers) if a][: (n + 1) // 2]
+    false_idx = [i for i, a in enumerate(answers) if not a][: n // 2]
+    return dataset.select(sorted(true_idx + false_idx))
+
+
 def to_environment_rows(
     dataset: Dataset,
     *,
@@ -146,7 +161,7 @@ def build_split(
     """Load, balance, cut to ``num_examples`` (-1 = all) and format one split."""
     balanced = balance(load_split(dataset_name, split), seed)
     if num_examples >= 0:
-        balanced = balanced.select(range(min(num_examples, len(balanced))))
+        balanced = first_balanced(balanced, num_examples)
     return to_environment_rows(
         balanced,
         split=log_split,

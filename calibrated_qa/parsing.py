@@ -18,8 +18,9 @@ Refused (unparseable: the calibration term is 0 and the length penalty still app
 - no answer statement at all, or only inside an unfinished ``<think>`` block (truncated reasoning);
 - decimal percents (``YES with 87.5%``): the format asks for an integer, and binning is on integers;
 - non-ASCII digits (``YES with ８０%``);
-- **conflicting answer lines**: two or more ``ANSWER:`` lines that differ in answer or percent.
-  Hedging across several final answers is exactly the behaviour RL would otherwise discover.
+- **conflicting answer lines**: two or more ``ANSWER:`` lines that imply different P(YES)
+  (``YES with 80%`` and ``NO with 20%`` agree). Hedging across several final answers is exactly
+  the behaviour RL would otherwise discover.
 
 Which statement counts
 - only the text after the last ``</think>`` is read (reasoning models may think out loud);
@@ -96,8 +97,12 @@ def parse_answer(text: str) -> ParsedAnswer | None:
         return None
     prefixed = [m for m in matches if m.group("prefix")]
     candidates = prefixed or matches
-    statements = [(m.group("answer").upper(), _clamped_pct(m.group("pct"))) for m in candidates]
-    if prefixed and len(set(statements)) > 1:
+    answers = [
+        ParsedAnswer(answer=word, pct=pct, p_yes=p_yes_from(word, pct))  # type: ignore[arg-type]
+        for word, pct in (
+            (m.group("answer").upper(), _clamped_pct(m.group("pct"))) for m in candidates
+        )
+    ]
+    if prefixed and len({a.p_yes for a in answers}) > 1:
         return None
-    answer, pct = statements[-1]
-    return ParsedAnswer(answer=answer, pct=pct, p_yes=p_yes_from(answer, pct))  # type: ignore[arg-type]
+    return answers[-1]

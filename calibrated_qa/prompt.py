@@ -9,30 +9,47 @@ from __future__ import annotations
 DEFAULT_MAX_PASSAGE_CHARS = 1500
 ELLIPSIS = "..."
 
-INSTRUCTIONS = """\
-Answer the yes/no question about the passage, and say how likely you think the answer is yes.
+_FORMAT = """\
 Think it through in 1 to 3 sentences first. Then end with exactly one final line in this format:
 ANSWER: YES with XX% probability
 or
 ANSWER: NO with XX% probability
-where XX is a whole number from 0 to 100: how confident you are in the answer you give.
+where XX is a whole number from 0 to 100: the probability that your answer is correct.
 Write only one ANSWER line."""
 
-WORKED_EXAMPLES = """\
-Example 1
-Passage: The Great Barrier Reef, off the coast of Queensland, is the world's largest coral reef \
-system and can be seen from outer space.
-Question: Is the Great Barrier Reef located in Australia?
-Queensland is a state of Australia and the reef lies off its coast, so the reef is in Australian \
-waters.
-ANSWER: YES with 95% probability
+INSTRUCTIONS = "Answer the yes/no question about the passage.\n" + _FORMAT
+INSTRUCTIONS_NO_PASSAGE = "Answer the yes/no question from what you know.\n" + _FORMAT
 
-Example 2
-Passage: Mercury is the smallest planet in the Solar System and the closest to the Sun. It has no \
-natural satellites.
-Question: Does Mercury have a moon?
-The passage says Mercury has no natural satellites, and a moon is a natural satellite.
-ANSWER: NO with 90% probability"""
+# (passage, question, reasoning, answer line): one YES and one NO, both in the asked format.
+_EXAMPLES = (
+    (
+        "The Great Barrier Reef, off the coast of Queensland, is the world's largest coral reef "
+        "system and can be seen from outer space.",
+        "Is the Great Barrier Reef located in Australia?",
+        "Queensland is a state of Australia and the reef lies off its coast, so the reef is in "
+        "Australian waters.",
+        "ANSWER: YES with 95% probability",
+    ),
+    (
+        "Mercury is the smallest planet in the Solar System and the closest to the Sun. It has "
+        "no natural satellites.",
+        "Does Mercury have a moon?",
+        "Mercury has no natural satellites, and a moon is a natural satellite.",
+        "ANSWER: NO with 90% probability",
+    ),
+)
+
+
+def worked_examples(include_passage: bool = True) -> str:
+    """The two worked examples, with or without their passages (the no-passage variant)."""
+    blocks = []
+    for number, (passage, question, reasoning, answer) in enumerate(_EXAMPLES, 1):
+        lines = [f"Example {number}"]
+        if include_passage:
+            lines.append(f"Passage: {passage}")
+        lines += [f"Question: {question}", reasoning, answer]
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
 
 
 def truncate_passage(passage: str, max_chars: int = DEFAULT_MAX_PASSAGE_CHARS) -> str:
@@ -62,7 +79,8 @@ def build_user_message(
     max_passage_chars: int = DEFAULT_MAX_PASSAGE_CHARS,
 ) -> str:
     """The full text of the single user turn for one BoolQ row."""
-    parts = [INSTRUCTIONS, WORKED_EXAMPLES, "Now your turn."]
+    instructions = INSTRUCTIONS if include_passage else INSTRUCTIONS_NO_PASSAGE
+    parts = [instructions, worked_examples(include_passage), "Now your turn."]
     if include_passage:
         parts.append(f"Passage: {truncate_passage(passage or '', max_passage_chars)}")
     parts.append(f"Question: {format_question(question)}")

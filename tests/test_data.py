@@ -85,10 +85,18 @@ def test_no_passage_mode(local_boolq: Path) -> None:
         assert "\nPassage: " not in row["prompt"][0]["content"].split("Now your turn.")[1]
 
 
-def test_num_examples_and_eval_split_label(local_boolq: Path) -> None:
-    rows = _build(local_boolq, split="validation", log_split="eval", num_examples=10)
-    assert len(rows) == 10
+@pytest.mark.parametrize(("n", "n_true"), [(10, 5), (16, 8), (7, 4), (1, 1)])
+def test_num_examples_stays_balanced(local_boolq: Path, n: int, n_true: int) -> None:
+    rows = _build(local_boolq, split="validation", log_split="eval", num_examples=n)
+    assert len(rows) == n
+    assert rows["answer"].count("true") == n_true
     assert {r["info"]["split"] for r in rows} == {"eval"}
+
+
+def test_splits_are_read_once_per_process(local_boolq: Path) -> None:
+    """prime-rl builds train, eval and the eval env's eval dataset in one process: one read."""
+    first = load_split(str(local_boolq), "validation")
+    assert load_split(str(local_boolq), "validation") is first
 
 
 def test_gzip_and_parquet_and_hub_layout(tmp_path: Path) -> None:

@@ -43,6 +43,7 @@ CASES: list[tuple[str, tuple[str, int] | None]] = [
     ("ANSWER: YES with 80% probability\nANSWER: YES with 80% probability", ("YES", 80)),
     ("ANSWER: YES with 80% probability\nANSWER: NO with 80% probability", None),
     ("ANSWER: YES with 80% probability\nANSWER: YES with 70% probability", None),
+    ("ANSWER: YES with 80% probability\nANSWER: NO with 20% probability", ("NO", 20)),  # same P
     # </think> handling: only the text after the last </think> counts
     ("<think>NO with 90% probability</think>ANSWER: YES with 60% probability", ("YES", 60)),
     ("<think>a</think>x<think>b</think>\nANSWER: NO with 55% probability", ("NO", 55)),

@@ -8,10 +8,11 @@ import pytest
 from calibrated_qa.parsing import parse_answer
 from calibrated_qa.prompt import (
     INSTRUCTIONS,
-    WORKED_EXAMPLES,
+    INSTRUCTIONS_NO_PASSAGE,
     build_prompt,
     format_question,
     truncate_passage,
+    worked_examples,
 )
 from tests.conftest import FIXTURES, read_boolq
 
@@ -45,13 +46,31 @@ def test_the_template_refuses_a_system_role() -> None:
         render_gemma2([{"role": "system", "content": "x"}, {"role": "user", "content": "y"}])
 
 
-def test_worked_examples_follow_the_format_they_teach() -> None:
+@pytest.mark.parametrize("include_passage", [True, False])
+def test_worked_examples_follow_the_format_they_teach(include_passage: bool) -> None:
     """Each worked example ends in an answer line our own parser accepts."""
-    examples = WORKED_EXAMPLES.split("\n\n")
+    examples = worked_examples(include_passage).split("\n\n")
     assert len(examples) == 2
     parsed = [parse_answer(example) for example in examples]
     assert [p.answer for p in parsed if p] == ["YES", "NO"]
-    assert "ANSWER: YES with XX% probability" in INSTRUCTIONS
+    assert ("Passage:" in examples[0]) is include_passage
+
+
+@pytest.mark.parametrize("instructions", [INSTRUCTIONS, INSTRUCTIONS_NO_PASSAGE])
+def test_xx_has_one_meaning(instructions: str) -> None:
+    """XX is the probability that the stated answer is correct, which is how the parser reads
+    it (P(YES) = XX/100 for YES, 1 - XX/100 for NO); no second, contradictory definition."""
+    assert "ANSWER: YES with XX% probability" in instructions
+    assert instructions.count("XX is") == 1
+    assert "the probability that your answer is correct" in instructions
+    assert "likely" not in instructions and "answer is yes" not in instructions
+
+
+def test_no_passage_prompt_never_mentions_a_passage() -> None:
+    row = read_boolq(1)[0]
+    (message,) = build_prompt(row["question"], row["passage"], include_passage=False)
+    assert "passage" not in message["content"].lower()
+    assert row["passage"][:100] not in message["content"]
 
 
 @pytest.mark.parametrize(
