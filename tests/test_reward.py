@@ -39,24 +39,6 @@ def test_length_penalty_breakpoints(length: float, penalty: float) -> None:
 ANSWER = "\nANSWER: YES with 90% probability"
 
 
-def _text_of_chars(n_chars: int) -> str:
-    """A completion of exactly ``n_chars`` characters that still ends in a valid answer line."""
-    assert n_chars >= len(ANSWER)
-    return "x" * (n_chars - len(ANSWER)) + ANSWER
-
-
-@pytest.mark.parametrize(("length", "penalty"), BREAKPOINTS)
-def test_breakpoints_in_chars_unit(length: float, penalty: float) -> None:
-    """chars: L = characters / 4, so L = 51.2 is 204.8 characters, rounded to what exists."""
-    n_chars = max(round(length * 4), len(ANSWER))
-    score = score_completion(_text_of_chars(n_chars), True, max_tokens=M, length_unit="chars")
-    assert score.length_unit == "chars"
-    assert score.length == n_chars / 4
-    assert score.length_penalty == pytest.approx(length_penalty(n_chars / 4, M))
-    if n_chars / 4 == length:
-        assert score.length_penalty == pytest.approx(penalty, abs=1e-12)
-
-
 @pytest.mark.parametrize("tokens", [0, 51, 52, 102, 103, 409, 410, 460, 461, 512, 1000])
 def test_tokens_unit_uses_exact_counts(tokens: int) -> None:
     score = score_completion(
@@ -179,3 +161,40 @@ def test_exact_breakpoints_in_chars_unit(n_chars: int, length: float, penalty: f
     assert score.length == length
     assert score.length_penalty == penalty
     assert score.reward == penalty  # unparseable: no calibration term
+
+
+# Literal values at the reachable neighbours of each breakpoint (M = 512), worked by hand:
+# short side -(1 - L/102.4), long side -min((L - 409.6)/102.4, 1).
+@pytest.mark.parametrize(
+    ("tokens", "penalty"),
+    [
+        (51, -0.501953125),  # 1 - 51/102.4
+        (52, -0.4921875),
+        (102, -0.00390625),
+        (103, 0.0),
+        (409, 0.0),
+        (410, -0.00390625),
+        (460, -0.4921875),
+        (461, -0.501953125),
+    ],
+)
+def test_literal_penalties_next_to_the_breakpoints_in_tokens(tokens: int, penalty: float) -> None:
+    score = score_completion("", True, max_tokens=M, length_unit="tokens", completion_tokens=tokens)
+    assert score.length_penalty == pytest.approx(penalty, abs=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("n_chars", "penalty"),
+    [
+        (205, -0.49951171875),  # L = 51.25
+        (409, -0.00146484375),  # L = 102.25
+        (410, 0.0),  # L = 102.5
+        (1638, 0.0),  # L = 409.5
+        (1639, -0.00146484375),  # L = 409.75
+        (1843, -0.49951171875),  # L = 460.75
+    ],
+)
+def test_literal_penalties_next_to_the_breakpoints_in_chars(n_chars: int, penalty: float) -> None:
+    score = score_completion("q" * n_chars, True, max_tokens=M, length_unit="chars")
+    assert score.length == n_chars / 4
+    assert score.length_penalty == pytest.approx(penalty, abs=1e-12)
