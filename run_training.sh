@@ -16,7 +16,8 @@ Installs this checkout's environment into prime-rl's venv, checks (in this order
 with its own message): prime-rl at the pinned commit, enough idle GPUs, free disk, a Hugging
 Face token that can read the (gated) model, W&B credentials when online, the output directory
 (fresh run vs --resume), the environment installed from this checkout at its version with
-nothing shadowing it, the config consistent with the environment, prime-rl's own --dry-run.
+nothing shadowing it, the analysis venv of this checkout (built if needed), the config
+consistent with the environment, prime-rl's own --dry-run.
 Then runs
   uv run rl @ CONFIG --output-dir DIR --wandb.offline true|false [--ckpt.resume-step -1]
 in the prime-rl folder, and finally analyze_calibration.py into results/NAME/.
@@ -150,6 +151,10 @@ fi
 install_environment "$PRIME_RL_DIR" "$REPO_DIR" || die "could not install calibrated-qa into $PRIME_RL_DIR/.venv"
 check_environment "$PRIME_RL_DIR" "$REPO_DIR" ||
   die "calibrated-qa in prime-rl's venv is not this checkout's (see above)"
+
+# The analysis venv of this checkout: the analysis runs there after training.
+ensure_analysis_venv "$REPO_DIR" || die "could not build the analysis venv in $REPO_DIR/.venv" \
+  "the analysis after training needs it: fix the error above (uv.lock, network), or rerun setup_runpod.sh"
 
 # The config: consistent with the environment, then valid for prime-rl (its own --dry-run).
 launch_check "$PRIME_RL_DIR" "$REPO_DIR" config "$CONFIG" ||

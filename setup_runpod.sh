@@ -16,6 +16,8 @@ Installs prime-rl at a pinned commit and this checkout's calibrated-qa environme
   3. prime-rl cloned into DIR and checked out at the pinned commit (verified)
   4. uv sync --all-extras --locked --no-dev in DIR (skipped when already in sync)
   5. calibrated-qa installed into DIR/.venv with uv pip install (never uv sync), then verified
+  6. this checkout's own venv for the analysis (uv sync --locked --no-dev --inexact; skipped
+     when already in sync), so that the analysis after training cannot fail on a missing venv
 Prints the versions it ends with. Re-running it does no step twice.
 
 Options:
@@ -36,17 +38,17 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 
-say "[1/5] uv $UV_PIN"
+say "[1/6] uv $UV_PIN"
 ensure_uv
 
-say "[2/5] Python 3.12 (managed by uv)"
+say "[2/6] Python 3.12 (managed by uv)"
 if uv python find 3.12 >/dev/null 2>&1; then
   echo "Python 3.12 already available: $(uv python find 3.12)"
 else
   uv python install 3.12
 fi
 
-say "[3/5] prime-rl at $COMMIT in $PRIME_RL_DIR"
+say "[3/6] prime-rl at $COMMIT in $PRIME_RL_DIR"
 if [[ ! -d $PRIME_RL_DIR/.git ]]; then
   [[ ! -e $PRIME_RL_DIR ]] || die "$PRIME_RL_DIR exists but is not a git checkout; move it away"
   git clone "$PRIME_RL_URL" "$PRIME_RL_DIR"
@@ -62,7 +64,7 @@ HEAD_SHA=$(git -C "$PRIME_RL_DIR" rev-parse HEAD)
 [[ $HEAD_SHA == "$COMMIT"* ]] || die "prime-rl is at $HEAD_SHA after checkout, expected $COMMIT"
 echo "prime-rl at $HEAD_SHA"
 
-say "[4/5] prime-rl's locked environment"
+say "[4/6] prime-rl's locked environment"
 SYNC=(uv sync --all-extras --locked --no-dev)
 if [[ -z ${CUDA_HOME:-} && -d /usr/local/cuda ]]; then
   export CUDA_HOME=/usr/local/cuda # for packages built from source during the sync
@@ -75,7 +77,7 @@ else
   SYNCED=1
 fi
 
-say "[5/5] calibrated-qa environment in prime-rl's venv"
+say "[5/6] calibrated-qa environment in prime-rl's venv"
 if [[ $SYNCED == 0 ]] && check_environment "$PRIME_RL_DIR" "$REPO_DIR" >/dev/null 2>&1; then
   echo "calibrated-qa $(checkout_version "$REPO_DIR") already installed from this checkout"
 else
@@ -83,6 +85,10 @@ else
 fi
 INSTALLED=$(check_environment "$PRIME_RL_DIR" "$REPO_DIR") ||
   die "calibrated-qa is not correctly installed in $PRIME_RL_DIR/.venv (see above)"
+
+say "[6/6] the analysis venv of this checkout ($REPO_DIR/.venv)"
+ensure_analysis_venv "$REPO_DIR" || die "could not build the analysis venv in $REPO_DIR/.venv" \
+  "uv sync --project $REPO_DIR --locked --no-dev failed (see above): check uv.lock and the network"
 
 say "Versions"
 echo "uv:            $(uv --version)"

@@ -59,6 +59,21 @@ check_environment() {
     --source "$repo_dir/calibrated_qa")
 }
 
+# ensure_analysis_venv REPO_DIR: this checkout's own venv (REPO_DIR/.venv, from its uv.lock, no
+# dev tools), in which run_training.sh runs the analysis after training. Built before any GPU
+# time is spent, so a lock or network problem shows up in setup and preflight, not after ~2 h of
+# training. Idempotent: a venv already in sync is only checked. Inexact, like `uv run`.
+ANALYSIS_SYNC=(sync --locked --no-dev --inexact)
+ensure_analysis_venv() {
+  local repo_dir=$1
+  if uv "${ANALYSIS_SYNC[@]}" --project "$repo_dir" --check >/dev/null 2>&1; then
+    echo "analysis venv already in sync with $repo_dir/uv.lock"
+    return 0
+  fi
+  say "Building the analysis venv from $repo_dir/uv.lock"
+  uv "${ANALYSIS_SYNC[@]}" --project "$repo_dir"
+}
+
 # launch_check PRIME_RL_DIR REPO_DIR ARGS...: scripts/launch_checks.py with prime-rl's Python.
 launch_check() {
   local prime_rl_dir=$1 repo_dir=$2

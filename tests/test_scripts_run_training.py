@@ -55,6 +55,9 @@ def test_dry_run_runs_every_check_and_prime_rl_dry_run_only(box: FakeBox) -> Non
         f"pip install --python {box.prime_rl}/.venv/bin/python --no-deps "
         f"--reinstall-package calibrated-qa {REPO}/calibrated_qa"
     ]
+    # The analysis venv is only checked on a prepared box (setup built it).
+    assert f"sync --locked --no-dev --inexact --project {REPO} --check" in box.calls("uv")
+    assert not [c for c in box.calls("uv") if c.startswith("sync") and "--check" not in c]
     checks = " ".join(box.calls("python"))
     for check in ("required_gpus", "hf-access google/gemma-2-2b-it", "installed", "config"):
         assert check in checks
@@ -81,6 +84,18 @@ def test_training_runs_exact_command_then_analysis(box: FakeBox) -> None:
         f"base={out}/eval_generations.jsonl@0 trained={out}/eval_generations.jsonl@50 "
         f"--out {REPO}/results/unit/eval",
     ]
+
+
+def test_preflight_builds_a_missing_analysis_venv(box: FakeBox) -> None:
+    (box.state / "analysis_synced").unlink()
+    result = train(box, "--dry-run", **OK_ENV)
+    assert result.returncode == 0, result.stderr
+    assert f"sync --locked --no-dev --inexact --project {REPO}" in box.calls("uv")
+    assert (box.state / "analysis_synced").exists()
+
+
+def _no_analysis_venv(box: FakeBox) -> None:
+    (box.state / "analysis_synced").unlink()
 
 
 def test_wandb_online_with_key(box: FakeBox) -> None:
@@ -166,6 +181,13 @@ FAILURES = [
     ("old checkpoints", _checkpoints, [], OK_ENV, "already holds checkpoints"),
     ("nothing to resume", None, ["--resume"], OK_ENV, "--resume: no checkpoint"),
     ("install fails", None, [], {**OK_ENV, "FAKE_UV_PIP_RC": "2"}, "could not install"),
+    (
+        "analysis venv",
+        _no_analysis_venv,
+        [],
+        {**OK_ENV, "FAKE_ANALYSIS_SYNC_RC": "1"},
+        "could not build the analysis venv",
+    ),
     ("stale env", None, [], {**OK_ENV, "FAKE_ENV_INSTALLED": "stale"}, "is not this checkout's"),
     (
         "prime-rl rejects",

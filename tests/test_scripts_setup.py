@@ -8,7 +8,7 @@ import pytest
 
 from tests.fixtures.scripts.fakebox import PIN, REPO, FakeBox
 
-WORK = ("pip install", "clone", "fetch", "checkout", "python install", "sync --all")
+WORK = ("pip install", "clone", "fetch", "checkout", "python install", "sync --")
 
 
 def work_done(box: FakeBox) -> list[str]:
@@ -42,6 +42,9 @@ def test_fresh_box_installs_the_pinned_stack(box: FakeBox) -> None:
     # The environment is installed after the sync (which would remove it).
     assert uv.index(pip[0]) > uv.index("sync --all-extras --locked --no-dev")
     assert f"prime-rl:      {PIN}" in result.stdout
+    # This checkout's analysis venv is built in setup, not first after ~2 h of training.
+    assert f"sync --locked --no-dev --inexact --project {REPO}" in uv
+    assert (box.state / "analysis_synced").exists()
 
 
 def test_rerun_on_a_prepared_box_does_no_work_twice(box: FakeBox) -> None:
@@ -80,3 +83,9 @@ def test_broken_install_is_reported(box: FakeBox) -> None:
 def test_unknown_argument(box: FakeBox) -> None:
     result = box.run("setup_runpod.sh", "--frobnicate")
     assert result.returncode != 0 and "unknown argument: --frobnicate" in result.stderr
+
+
+def test_analysis_venv_failure_is_reported(box: FakeBox) -> None:
+    result = box.run("setup_runpod.sh", FAKE_ANALYSIS_SYNC_RC="1")
+    assert result.returncode != 0
+    assert "could not build the analysis venv" in result.stderr
