@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -136,6 +137,24 @@ def test_generate_scores_and_logs_every_rollout(
     assert len(seen_kinds) >= 3
 
 
+# The reference recipe's answer pattern, as its page describes it (an independent oracle for the
+# completions scripted here, which avoid the cases where our parser deliberately differs).
+REFERENCE_PATTERN = re.compile(
+    r"(?:ANSWER:\s*)?(YES|NO)\s+with\s+(\d+)\s*%\s*(?:probability|confidence)?", re.IGNORECASE
+)
+
+
+def _reference_p_yes(text: str) -> float | None:
+    if "<think>" in text and "</think>" not in text:
+        return None
+    matches = REFERENCE_PATTERN.findall(text)
+    if not matches:
+        return None
+    word, pct = matches[-1]
+    pct = min(int(pct), 100)
+    return pct / 100 if word.upper() == "YES" else 1 - pct / 100
+
+
 def test_chars_unit_reproduces_the_reference_recipe(local_boolq: Path, tmp_path: Path) -> None:
     env = make_env(local_boolq, tmp_path)  # defaults: length_unit="chars", max_tokens=512
     inputs = env.get_dataset(n=16)
@@ -145,8 +164,8 @@ def test_chars_unit_reproduces_the_reference_recipe(local_boolq: Path, tmp_path:
     for output in results["outputs"]:
         completion = output["completion"][-1]["content"]
         label = QUESTIONS[output["info"]["question"]]
-        parsed_p = score_completion(completion, label, max_tokens=512).p_yes
-        reference_reward = (0.0 if parsed_p is None else 1 - (parsed_p - label) ** 2) + (
+        p_yes = _reference_p_yes(completion)
+        reference_reward = (0.0 if p_yes is None else 1 - (p_yes - label) ** 2) + (
             _reference_length_penalty(len(completion) / 4)
         )
         assert output["reward"] == pytest.approx(reference_reward, abs=1e-12)
