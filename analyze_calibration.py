@@ -4,7 +4,8 @@
 Reads this project's generation log (.jsonl or .jsonl.gz), the original recipe's log, or the
 original per-rollout CSV (format detected). Writes to --out: metrics_by_step.csv,
 calibration_metrics.csv, summary.md and four figures (see calibrated_qa/analysis/report.py).
-With --compare LABEL=PATH[@STEP] ... it instead compares several eval logs in one table.
+With --compare LABEL=PATH[@STEP|@final|@all] ... it instead compares several eval logs in one
+table, with each log's difference from the first and its paired bootstrap interval.
 
 Examples:
   python analyze_calibration.py --generations outputs/run/generations.jsonl \\
@@ -12,7 +13,7 @@ Examples:
       --orchestrator-log outputs/run/logs/orchestrator.stdout --out results/run
   python analyze_calibration.py --split eval --config configs/calibrated_qa_gemma2_2b.toml \\
       --compare base=outputs/run/eval_generations.jsonl@0 \\
-      trained=outputs/run/eval_generations.jsonl@50 --out results/run-eval
+      trained=outputs/run/eval_generations.jsonl@final --out results/run-eval
 """
 
 from __future__ import annotations
@@ -23,18 +24,16 @@ import sys
 from pathlib import Path
 
 from calibrated_qa.analysis.bootstrap import DEFAULT_RESAMPLES
+from calibrated_qa.analysis.cli import (
+    add_run_shape_arguments,
+    max_steps_source,
+    positive_int,
+    run_shape,
+)
 from calibrated_qa.analysis.compare import compare, parse_spec, write_comparison
 from calibrated_qa.analysis.readers import AnalysisInputError
 from calibrated_qa.analysis.report import Options, analyze, readme_section, write_outputs
-from calibrated_qa.analysis.steps import RunShape, read_run_shape
 from calibrated_qa.records import RecordError
-
-
-def positive(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,32 +52,23 @@ def build_parser() -> argparse.ArgumentParser:
     inputs.add_argument(
         "--compare",
         nargs="+",
-        metavar="LABEL=PATH[@STEP]",
-        help="compare several eval logs (any format); @STEP picks one eval round",
+        metavar="LABEL=PATH[@STEP|@final|@all]",
+        help="compare several eval logs (any format); @STEP picks the eval round of checkpoint "
+        "STEP, @final the final eval round (needs max_steps: --config or --max-steps), @all "
+        "pools every record; a log with several rounds needs one of them",
     )
     parser.add_argument("--out", type=Path, required=True, help="output directory")
-    shape = parser.add_argument_group("run shape (from --config, or explicit; explicit wins)")
-    shape.add_argument("--config", help="prime-rl TOML config ([orchestrator] batch_size, ...)")
-    shape.add_argument("--batch-size", type=positive, help="rollouts per training step")
-    shape.add_argument("--rollouts-per-example", type=positive, help="rollouts per question")
-    shape.add_argument("--max-tokens", type=positive, help="sampler max_tokens (length check)")
-    shape.add_argument("--eval-size", type=positive, help="records per eval round")
-    shape.add_argument("--eval-interval", type=positive, help="steps between eval rounds")
-    shape.add_argument(
-        "--no-eval-base-model",
-        action="store_true",
-        help="the first eval round is at --eval-interval, not step 0",
-    )
+    add_run_shape_arguments(parser)
     parser.add_argument(
         "--split",
         choices=("train", "eval"),
         help="records of this split only (default: train; eval with --compare)",
     )
-    parser.add_argument("--group-size", type=positive, help="steps per reliability diagram")
-    parser.add_argument("--max-steps", type=positive, help="analyse only the first N steps")
+    parser.add_argument("--group-size", type=positive_int, help="steps per reliability diagram")
     parser.add_argument(
         "--orchestrator-log",
-        help="prime-rl orchestrator stdout or a step/reward TSV: reward curve and cross-check",
+        help="prime-rl orchestrator stdout or a step/reward TSV: reward curve and cross-check "
+        "(split eval: its 'Evaluated ... (Avg@k=x' lines, one per eval round)",
     )
     parser.add_argument("--no-plots", action="store_true", help="metrics and CSVs only")
     parser.add_argument(
@@ -101,19 +91,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run_shape(args: argparse.Namespace) -> RunShape:
-    base = read_run_shape(args.config) if args.config else RunShape()
-    return RunShape(
-        batch_size=args.batch_size or base.batch_size,
-        rollouts_per_example=args.rollouts_per_example or base.rollouts_per_example,
-        max_tokens=args.max_tokens or base.max_tokens,
-        eval_size=args.eval_size or base.eval_size,
-        eval_rollouts_per_example=base.eval_rollouts_per_example,
-        eval_interval=args.eval_interval or base.eval_interval,
-        eval_base_model=base.eval_base_model and not args.no_eval_base_model,
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -126,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
                 eval_interval=shape.eval_interval,
                 eval_base_model=shape.eval_base_model,
                 eval_rollouts_per_example=shape.eval_rollouts_per_example,
+                max_steps=shape.max_steps,
                 skip_bad_lines=args.skip_bad_lines,
                 resamples=args.bootstrap,
                 seed=args.seed,
@@ -142,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
             rollouts_per_example=shape.rollouts_per_example,
             max_tokens=shape.max_tokens,
             group_size=args.group_size,
-            max_steps=args.max_steps,
+            max_steps=shape.max_steps,
+            max_steps_source=max_steps_source(args),
             orchestrator_log=args.orchestrator_log,
             eval_size=shape.eval_size,
             eval_interval=shape.eval_interval,

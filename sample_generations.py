@@ -16,9 +16,15 @@ import argparse
 import sys
 from pathlib import Path
 
+from calibrated_qa.analysis.cli import (
+    add_run_shape_arguments,
+    max_steps_source,
+    positive_int,
+    run_shape,
+)
 from calibrated_qa.analysis.readers import AnalysisInputError, read_rollouts
 from calibrated_qa.analysis.samples import choose, render
-from calibrated_qa.analysis.steps import attribute_eval_rounds, attribute_steps, read_run_shape
+from calibrated_qa.analysis.steps import attribute
 from calibrated_qa.records import RecordError
 
 
@@ -33,13 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--steps", type=int, nargs="+", help="steps to sample (default: first, last)"
     )
-    parser.add_argument("--n", type=int, default=10, help="samples per step (default 10)")
+    parser.add_argument("--n", type=positive_int, default=10, help="samples per step (default 10)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--config", help="prime-rl TOML config (batch size, eval cadence)")
-    parser.add_argument("--batch-size", type=int, help="rollouts per training step")
+    add_run_shape_arguments(parser)
     parser.add_argument("--split", choices=("train", "eval"), default="train")
-    parser.add_argument("--eval-size", type=int, help="records per eval round (split eval)")
-    parser.add_argument("--eval-interval", type=int, help="steps between eval rounds")
     parser.add_argument(
         "--confident", type=float, default=0.8, help="confidence threshold (default 0.8)"
     )
@@ -51,24 +54,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        shape = read_run_shape(args.config) if args.config else None
+        shape = run_shape(args)
         rollouts, read = read_rollouts(
             args.generations, split=args.split, skip_bad_lines=args.skip_bad_lines
         )
-        if args.split == "eval":
-            attribute_eval_rounds(
-                rollouts,
-                args.eval_size or (shape and shape.eval_size),
-                args.eval_interval or (shape and shape.eval_interval),
-                base_model=shape.eval_base_model if shape else True,
-                rollouts_per_example=shape and shape.eval_rollouts_per_example,
-            )
-        else:
-            attribute_steps(
-                rollouts,
-                args.batch_size or (shape and shape.batch_size),
-                allow_partial=args.allow_partial_step,
-            )
+        rollouts, attribution = attribute(
+            rollouts,
+            split=args.split,
+            shape=shape,
+            allow_partial=args.allow_partial_step,
+            max_steps_source=max_steps_source(args),
+        )
+        if attribution.surplus_note:
+            print(f"warning: {attribution.surplus_note}", file=sys.stderr)
         present = sorted({int(s) for s in rollouts.step})
         steps = args.steps or sorted({present[0], present[-1]})
         samples = choose(rollouts, steps, args.n, seed=args.seed, threshold=args.confident)

@@ -42,6 +42,17 @@ class Interval:
         return f"{self.value:.{digits}f} [{self.low:.{digits}f}, {self.high:.{digits}f}]"
 
 
+def resample_multiplicity(
+    rng: np.random.Generator, n_clusters: int, resamples: int
+) -> NDArray[np.float64]:
+    """``(resamples, clusters)``: how often each cluster is drawn, row by row (``n_clusters``
+    draws with replacement per row)."""
+    multiplicity = np.empty((resamples, n_clusters), dtype=np.float64)
+    for row in multiplicity:
+        row[:] = np.bincount(rng.integers(0, n_clusters, n_clusters), minlength=n_clusters)
+    return multiplicity
+
+
 def resample_weights(
     rng: np.random.Generator, member: NDArray[np.int64], n_clusters: int, resamples: int
 ) -> NDArray[np.float64]:
@@ -50,9 +61,7 @@ def resample_weights(
 
     Row by row, so the draws do not depend on how the resamples are split into batches.
     """
-    multiplicity = np.empty((resamples, n_clusters), dtype=np.float64)
-    for row in multiplicity:
-        row[:] = np.bincount(rng.integers(0, n_clusters, n_clusters), minlength=n_clusters)
+    multiplicity = resample_multiplicity(rng, n_clusters, resamples)
     return np.take(multiplicity, member, axis=1)  # C-contiguous (multiplicity[:, member] is not)
 
 
@@ -90,6 +99,51 @@ def cluster_bootstrap(
                     f"statistic {name!r} gave shape {np.shape(value)} for {rows} resamples"
                 )
             draws[name][start : start + rows] = value
+    return _percentile_intervals(point, draws)
+
+
+def paired_cluster_bootstrap(
+    statistics_a: Callable[[NDArray[np.float64] | None], Mapping[str, float | NDArray[np.float64]]],
+    statistics_b: Callable[[NDArray[np.float64] | None], Mapping[str, float | NDArray[np.float64]]],
+    member_a: NDArray[np.int64],
+    member_b: NDArray[np.int64],
+    n_clusters: int,
+    *,
+    resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+    batch_elements: int = BATCH_ELEMENTS,
+) -> dict[str, Interval]:
+    """Difference ``b - a`` of every statistic, with a paired 95% percentile interval.
+
+    Both samples measure the same clusters (questions): ``member_a``/``member_b`` give each
+    rollout of ``a``/``b`` its cluster's position in ``range(n_clusters)``. Each resample draws
+    the clusters once and weights the rollouts of *both* samples with the same multiplicities,
+    so the question-to-question variation common to both cancels in the difference.
+    """
+    point_a, point_b = statistics_a(None), statistics_b(None)
+    point = {name: point_b[name] - point_a[name] for name in point_a}
+    if resamples <= 0 or n_clusters == 0:
+        return {k: Interval(v, float("nan"), float("nan")) for k, v in point.items()}
+    rng = np.random.default_rng(seed)
+    draws = {name: np.empty(resamples) for name in point}
+    size = max(member_a.size, member_b.size, 1)
+    batch = max(1, min(resamples, batch_elements // size))
+    for start in range(0, resamples, batch):
+        rows = min(batch, resamples - start)
+        multiplicity = resample_multiplicity(rng, n_clusters, rows)
+        values_a = statistics_a(np.take(multiplicity, member_a, axis=1))
+        values_b = statistics_b(np.take(multiplicity, member_b, axis=1))
+        for name in point:
+            draws[name][start : start + rows] = np.asarray(values_b[name]) - np.asarray(
+                values_a[name]
+            )
+    return _percentile_intervals(point, draws)
+
+
+def _percentile_intervals(
+    point: Mapping[str, float | NDArray[np.float64]], draws: Mapping[str, NDArray[np.float64]]
+) -> dict[str, Interval]:
+    """Point estimates with the 95% percentile interval of their finite draws."""
     tail = (1 - LEVEL) / 2 * 100
     intervals = {}
     for name, value in point.items():

@@ -1,8 +1,16 @@
 """Several eval logs side by side (e.g. base vs trained model): one table, one figure.
 
-Each ``LABEL=PATH`` (optionally ``LABEL=PATH@STEP`` to pick one eval round of an online eval log)
-is read in any of the three formats and pooled; intervals resample whole questions where the
-format has question identity, single rollouts otherwise (stated in the table).
+Each ``LABEL=PATH`` is read in any of the three formats. An online eval log holds one round per
+evaluated checkpoint (see ``steps``): pick one with ``@STEP`` (the checkpoint, e.g. ``@0`` for the
+base model) or ``@final`` (the final eval after the last step; needs ``max_steps``), or pool all
+with ``@all``. A log with several rounds and no selector is an error, never silently pooled.
+
+Intervals resample whole questions where the format has question identity, single rollouts
+otherwise (stated in the table). Every label after the first also gets its difference from the
+first (delta) with a *paired* bootstrap interval: both logs are evaluated on the same questions, so
+each resample draws the questions once and weights both logs' rollouts of a question alike
+(questions matched by example id, or the original log's question text). Without identity no
+paired interval is possible and the table says so.
 """
 
 from __future__ import annotations
@@ -13,9 +21,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from calibrated_qa.analysis import plots
-from calibrated_qa.analysis.aggregate import with_intervals
-from calibrated_qa.analysis.bootstrap import DEFAULT_RESAMPLES, Interval
+from calibrated_qa.analysis.aggregate import summarize, with_intervals
+from calibrated_qa.analysis.bootstrap import DEFAULT_RESAMPLES, Interval, paired_cluster_bootstrap
 from calibrated_qa.analysis.metrics import DEFINITIONS
 from calibrated_qa.analysis.readers import AnalysisInputError, ReadReport, Rollouts, read_rollouts
 from calibrated_qa.analysis.steps import attribute_eval_rounds
@@ -30,26 +40,46 @@ COMPARE_METRICS = (
     "mean_p_yes",
     "reward",
 )
+FINAL = "final"
+ALL = "all"
+SELECT_HINT = (
+    "select one with LABEL=PATH@STEP (the checkpoint, e.g. @0 for the base model) or "
+    "LABEL=PATH@final (the final eval round; needs --config with max_steps, or --max-steps), "
+    "or pool every record with LABEL=PATH@all"
+)
 
 
 @dataclass(frozen=True)
 class Spec:
-    """One ``LABEL=PATH[@STEP]`` argument."""
+    """One ``LABEL=PATH[@STEP|@final|@all]`` argument."""
 
     label: str
     path: str
-    step: int | None = None
+    step: int | None = None  # @STEP
+    select: str | None = None  # "final" or "all"
+
+    @property
+    def suffix(self) -> str:
+        if self.step is not None:
+            return f"@{self.step}"
+        return f"@{self.select}" if self.select else ""
 
 
 def parse_spec(text: str) -> Spec:
-    """``LABEL=PATH`` or ``LABEL=PATH@STEP``; a clear error otherwise."""
+    """``LABEL=PATH``, ``LABEL=PATH@STEP``, ``LABEL=PATH@final`` or ``LABEL=PATH@all``."""
     label, sep, rest = text.partition("=")
     if not sep or not label or not rest:
-        raise AnalysisInputError(f"--compare takes LABEL=PATH[@STEP], got {text!r}")
-    path, at, step = rest.rpartition("@") if "@" in rest else (rest, "", "")
-    if at and not step.isdigit():
-        raise AnalysisInputError(f"--compare {text!r}: the part after @ must be a step number")
-    return Spec(label, path, int(step) if at else None)
+        raise AnalysisInputError(f"--compare takes LABEL=PATH[@STEP|@final|@all], got {text!r}")
+    path, at, tail = rest.rpartition("@") if "@" in rest else (rest, "", "")
+    if not at:
+        return Spec(label, path)
+    if tail in (FINAL, ALL):
+        return Spec(label, path, select=tail)
+    if not tail.isdigit():
+        raise AnalysisInputError(
+            f"--compare {text!r}: the part after @ must be a step number, 'final' or 'all'"
+        )
+    return Spec(label, path, step=int(tail))
 
 
 @dataclass
@@ -61,6 +91,143 @@ class Entry:
     read: ReadReport
     intervals: dict[str, Interval]
     unit: str
+    selected: str = ""  # which round, in words
+    delta: dict[str, Interval] | None = None  # vs the first label (None for the first)
+    delta_note: str = ""  # how the delta was paired, or why not
+
+
+def _rounds_look_sequential(rollouts: Rollouts) -> int:
+    """Without the round structure: how many rounds the log looks like (1 unless obvious).
+
+    Online rounds with one rollout per question are sequential: every question appears once
+    before any appears again. A log where each question appears ``c > 1`` times that way is
+    ``c`` rounds; repeats that interleave (several rollouts per question in one offline run)
+    are one round.
+    """
+    if not rollouts.has_identity:
+        return 1
+    _, first, counts = np.unique(rollouts.question, return_index=True, return_counts=True)
+    c = int(counts.min())
+    if c < 2 or np.any(counts != c):
+        return 1
+    order = np.argsort(rollouts.question, kind="stable")
+    second = order[np.cumsum(counts) - counts + 1]  # each question's second occurrence
+    return c if int(first.max()) < int(second.min()) else 1
+
+
+def _select(
+    spec: Spec,
+    rollouts: Rollouts,
+    *,
+    eval_size: int | None,
+    eval_interval: int | None,
+    eval_base_model: bool,
+    eval_rollouts_per_example: int | None,
+    max_steps: int | None,
+) -> tuple[Rollouts, str]:
+    """The records of the selected round of one log, and which round it is in words."""
+    name = f"--compare {spec.label}"
+    if spec.select == ALL:
+        rollouts.step[:] = 0  # pooled: the self-ensemble groups by question over the file
+        return rollouts, "all records pooled (@all)"
+    names: dict[int, str] = {}
+    final_step = None
+    if rollouts.fmt == "original-csv":
+        names = {int(s): f"step {int(s)}" for s in np.unique(rollouts.step)}
+    else:
+        known = eval_interval is not None and (
+            eval_size is not None or (eval_rollouts_per_example and rollouts.has_identity)
+        )
+        if known:
+            try:
+                attribution = attribute_eval_rounds(
+                    rollouts,
+                    eval_size,
+                    eval_interval,
+                    base_model=eval_base_model,
+                    rollouts_per_example=eval_rollouts_per_example,
+                    max_steps=max_steps,
+                )
+            except AnalysisInputError as exc:
+                raise AnalysisInputError(
+                    f"{name}: {exc}; for a log of another shape (e.g. an offline eval with "
+                    "several rollouts per question) use LABEL=PATH@all"
+                ) from exc
+            names, final_step = attribution.round_names, attribution.final_step
+        elif spec.step is not None or spec.select == FINAL:
+            raise AnalysisInputError(
+                f"{name}: selecting an eval round needs the round structure: pass --config "
+                "(the training config) or --eval-size/--eval-interval"
+                + (" and --max-steps" if spec.select == FINAL else "")
+            )
+        else:
+            rounds = _rounds_look_sequential(rollouts)
+            if rounds > 1:
+                raise AnalysisInputError(
+                    f"{name}: {spec.path} looks like {rounds} eval rounds (every question "
+                    f"appears once per round, {rounds} times in order); pass --config (or "
+                    f"--eval-size/--eval-interval) and {SELECT_HINT}"
+                )
+            rollouts.step[:] = 0
+            return rollouts, "the whole log (one round)"
+    found = ", ".join(f"@{s} ({n})" for s, n in sorted(names.items()))
+    if spec.select == FINAL:
+        if final_step is None:
+            raise AnalysisInputError(
+                f"{name}: no final eval round identified in {spec.path} (rounds found: {found}); "
+                "the final round needs max_steps (--config with top-level max_steps, or "
+                "--max-steps) and a run that reached it"
+            )
+        step = final_step
+    elif spec.step is not None:
+        step = spec.step
+    elif len(names) > 1:
+        raise AnalysisInputError(
+            f"{name}: {spec.path} holds {len(names)} eval rounds ({found}); {SELECT_HINT}"
+        )
+    else:
+        rollouts.step[:] = 0
+        return rollouts, "the whole log (one round)"
+    if step not in names:
+        raise AnalysisInputError(
+            f"{name}: no records at step {step} (rounds present: {found}; eval rounds need "
+            "--eval-size/--eval-interval or --config)"
+        )
+    return rollouts.subset(rollouts.step == step), names[step]
+
+
+def _paired_delta(
+    first: Entry, other: Entry, *, resamples: int, seed: int
+) -> tuple[dict[str, Interval] | None, str]:
+    """``other - first`` for every metric with a paired bootstrap interval over common questions."""
+    a, b = first.rollouts, other.rollouts
+    if not (a.has_identity and b.has_identity):
+        return None, "no paired interval: a log without question identity (the original CSV)"
+    keys_a = np.asarray(first.read.question_keys, dtype=object)[a.question]
+    keys_b = np.asarray(other.read.question_keys, dtype=object)[b.question]
+    common = sorted(set(keys_a.tolist()) & set(keys_b.tolist()), key=str)
+    if not common:
+        return None, "no paired interval: the logs share no question"
+    position = {key: i for i, key in enumerate(common)}
+    in_a = np.array([k in position for k in keys_a.tolist()], dtype=bool)
+    in_b = np.array([k in position for k in keys_b.tolist()], dtype=bool)
+    sub_a, sub_b = a.subset(in_a), b.subset(in_b)
+    member_a = np.array([position[k] for k in keys_a[in_a].tolist()], dtype=np.int64)
+    member_b = np.array([position[k] for k in keys_b[in_b].tolist()], dtype=np.int64)
+    delta = paired_cluster_bootstrap(
+        lambda w: summarize(sub_a, w),
+        lambda w: summarize(sub_b, w),
+        member_a,
+        member_b,
+        len(common),
+        resamples=resamples,
+        seed=seed,
+    )
+    note = f"paired over {len(common)} common questions"
+    n_a, n_b = len(set(keys_a.tolist())), len(set(keys_b.tolist()))
+    if len(common) < max(n_a, n_b):
+        note += f" (of {n_a} and {n_b}: the delta is over the common questions only)"
+    return delta, note
 
 
 def compare(
@@ -71,6 +238,7 @@ def compare(
     eval_interval: int | None = None,
     eval_base_model: bool = True,
     eval_rollouts_per_example: int | None = None,
+    max_steps: int | None = None,
     skip_bad_lines: bool = False,
     resamples: int = DEFAULT_RESAMPLES,
     seed: int = 0,
@@ -80,31 +248,27 @@ def compare(
     labels = [s.label for s in specs]
     if len(set(labels)) != len(labels):
         raise AnalysisInputError(f"--compare labels must be unique, got {labels}")
-    entries = []
+    entries: list[Entry] = []
     for spec in specs:
         rollouts, read = read_rollouts(
             [spec.path], split=split, skip_bad_lines=skip_bad_lines, progress=progress
         )
-        if spec.step is not None:
-            if rollouts.fmt != "original-csv":  # the CSV has its own step column
-                attribute_eval_rounds(
-                    rollouts,
-                    eval_size,
-                    eval_interval,
-                    base_model=eval_base_model,
-                    rollouts_per_example=eval_rollouts_per_example,
-                )
-            steps = sorted({int(s) for s in rollouts.step})
-            rollouts = rollouts.subset(rollouts.step == spec.step)
-            if not len(rollouts):
-                raise AnalysisInputError(
-                    f"--compare {spec.label}: no records at step {spec.step} (steps present: "
-                    f"{steps}; eval rounds need --eval-size/--eval-interval or --config)"
-                )
-        else:
-            rollouts.step[:] = 0  # pooled: the self-ensemble groups by question over the file
+        rollouts, selected = _select(
+            spec,
+            rollouts,
+            eval_size=eval_size,
+            eval_interval=eval_interval,
+            eval_base_model=eval_base_model,
+            eval_rollouts_per_example=eval_rollouts_per_example,
+            max_steps=max_steps,
+        )
+        rollouts.step[:] = 0  # one round: the self-ensemble groups by question
         intervals, unit = with_intervals(rollouts, resamples=resamples, seed=seed)
-        entries.append(Entry(spec, rollouts, read, intervals, unit))
+        entries.append(Entry(spec, rollouts, read, intervals, unit, selected))
+    for entry in entries[1:]:
+        entry.delta, entry.delta_note = _paired_delta(
+            entries[0], entry, resamples=resamples, seed=seed
+        )
     return entries
 
 
@@ -112,22 +276,41 @@ def _cell(value: float) -> str:
     return "" if math.isnan(value) else f"{value:.6g}"
 
 
+def _signed(interval: Interval, digits: int = 3) -> str:
+    if math.isnan(interval.value):
+        return "n/a"
+    text = f"{interval.value:+.{digits}f}"
+    if not math.isnan(interval.low):
+        text += f" [{interval.low:+.{digits}f}, {interval.high:+.{digits}f}]"
+    return text
+
+
 def write_comparison(entries: Sequence[Entry], out: Path, *, plots_too: bool = True) -> None:
     """``comparison.csv``, ``comparison.md`` and ``comparison_reliability.png`` in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
+    reference = entries[0].spec.label if entries else ""
+    nan = Interval(math.nan, math.nan, math.nan)
     with open(out / "comparison.csv", "w", newline="") as f:
         writer = csv.writer(f)
         head = ["label", "n", *COMPARE_METRICS]
         head += [f"{m}_{end}" for m in COMPARE_METRICS for end in ("low", "high")]
+        head += [f"delta_{m}{end}" for m in COMPARE_METRICS for end in ("", "_low", "_high")]
+        head += ["delta_vs", "delta_pairing"]
         writer.writerow([*head, "n_questions", "format", "bootstrap_unit", "path"])
-        for e in entries:
+        for i, e in enumerate(entries):
             iv = e.intervals
             row = [e.spec.label, len(e.rollouts)]
             row += [_cell(iv[m].value) for m in COMPARE_METRICS]
             row += [_cell(getattr(iv[m], end)) for m in COMPARE_METRICS for end in ("low", "high")]
+            delta = e.delta or {}
+            row += [
+                _cell(getattr(delta.get(m, nan), end))
+                for m in COMPARE_METRICS
+                for end in ("value", "low", "high")
+            ]
+            row += [reference if i else "", e.delta_note]
             n_q = len(set(e.rollouts.question.tolist())) if e.rollouts.has_identity else ""
-            where = e.spec.path + (f"@{e.spec.step}" if e.spec.step is not None else "")
-            writer.writerow([*row, n_q, e.read.fmt, e.unit, where])
+            writer.writerow([*row, n_q, e.read.fmt, e.unit, e.spec.path + e.spec.suffix])
     lines = [
         "# Comparison",
         "",
@@ -141,12 +324,30 @@ def write_comparison(entries: Sequence[Entry], out: Path, *, plots_too: bool = T
         lines.append(
             f"| {e.spec.label} | {len(e.rollouts)} | " + " | ".join(cells) + f" | {e.unit} |"
         )
+    if len(entries) > 1:
+        lines += [
+            "",
+            f"## Difference from `{reference}`",
+            "",
+            f"Each label minus `{reference}`, with a 95% paired bootstrap interval: the questions "
+            "are resampled once per draw and both logs' rollouts of a question get the same "
+            "weight (matched by question identity), so the difference is not blurred by which "
+            "questions happen to be drawn. An interval that excludes 0 is a difference beyond "
+            "question-sampling noise.",
+            "",
+            "| label | " + " | ".join(f"Δ {m}" for m in COMPARE_METRICS) + " | pairing |",
+            "|" + " --- |" * (len(COMPARE_METRICS) + 2),
+        ]
+        for e in entries[1:]:
+            if e.delta is None:
+                cells = ["n/a"] * len(COMPARE_METRICS)
+            else:
+                cells = [_signed(e.delta[m]) for m in COMPARE_METRICS]
+            lines.append(f"| {e.spec.label} | " + " | ".join(cells) + f" | {e.delta_note} |")
     lines += ["", "## Inputs", ""]
     for e in entries:
         lines.append(
-            f"- `{e.spec.label}`: `{e.spec.path}` ({e.read.fmt}"
-            + (f", eval step {e.spec.step}" if e.spec.step is not None else "")
-            + ")"
+            f"- `{e.spec.label}`: `{e.spec.path}{e.spec.suffix}` ({e.read.fmt}; {e.selected})"
         )
         lines += [f"  - note: {note}" for note in e.read.notes]
         if e.read.other_split:
@@ -156,6 +357,7 @@ def write_comparison(entries: Sequence[Entry], out: Path, *, plots_too: bool = T
                 f"  - skipped: {len(e.read.torn_lines)} torn, {len(e.read.skipped_lines)} malformed"
             )
     lines += ["", "## Definitions", ""]
+    lines += [f"- `{m}`: {DEFINITIONS[m]}." for m in ("prediction", "confidence")]
     lines += [f"- `{m}`: {DEFINITIONS[m]}." for m in COMPARE_METRICS]
     (out / "comparison.md").write_text("\n".join(lines) + "\n")
     if plots_too:
@@ -184,6 +386,6 @@ def write_comparison(entries: Sequence[Entry], out: Path, *, plots_too: bool = T
             rows_of=[top, bottom],
             row_labels=[
                 ("stated P(YES)", "fraction of true answers"),
-                ("confidence in the chosen answer", "fraction correct"),
+                ("confidence in the predicted answer", "fraction correct"),
             ],
         )

@@ -91,6 +91,9 @@ class ReadReport:
     certain_unparseable: int = 0  # CSV rows detected unparseable by the reward rule
     length_units: set[str] = field(default_factory=set)
     notes: list[str] = field(default_factory=list)
+    # question code -> its identity in the file (example_id, or the original log's question
+    # text), so that logs of the same questions can be paired
+    question_keys: list[Any] = field(default_factory=list)
 
 
 @dataclass
@@ -538,6 +541,7 @@ def read_rollouts(
         )
     if len(report.length_units) > 1:
         report.notes.append(f"records mix length units {sorted(report.length_units)}")
+    report.question_keys = list(cols.codes)  # insertion order = code order
     return cols.build(fmt), report
 
 

@@ -23,9 +23,10 @@ from calibrated_qa.analysis.metrics import DEFINITIONS
 from calibrated_qa.analysis.readers import AnalysisInputError, ReadReport, Rollouts, read_rollouts
 from calibrated_qa.analysis.steps import (
     Attribution,
-    attribute_eval_rounds,
-    attribute_steps,
+    RunShape,
+    attribute,
     group_purity,
+    read_orchestrator_eval_rewards,
     read_orchestrator_rewards,
     step_groups,
 )
@@ -61,7 +62,8 @@ class Options:
     rollouts_per_example: int | None = None
     max_tokens: int | None = None
     group_size: int | None = None
-    max_steps: int | None = None
+    max_steps: int | None = None  # the run's: records past max_steps x batch_size are left out
+    max_steps_source: str = "--max-steps"
     orchestrator_log: str | None = None
     eval_size: int | None = None
     eval_interval: int | None = None
@@ -116,6 +118,26 @@ def _check_length_penalty(rollouts: Rollouts, max_tokens: int | None) -> str | N
     )
 
 
+def _orchestrator_rewards(options: Options, rows: list[dict[str, float]]) -> dict[int, float]:
+    """Per-step rewards of the orchestrator log; for the eval split, its per-round eval rewards.
+
+    The eval split is never compared with training-step rewards: the i-th ``Evaluated ...
+    (Avg@k=x`` line of the log is matched with the i-th eval round of the generation log.
+    """
+    assert options.orchestrator_log is not None
+    if options.split != "eval":
+        return read_orchestrator_rewards(options.orchestrator_log)
+    rewards = read_orchestrator_eval_rewards(options.orchestrator_log)
+    steps = [int(row["step"]) for row in rows]
+    if len(rewards) != len(steps):
+        raise AnalysisInputError(
+            f"{options.orchestrator_log}: {len(rewards)} eval results ('Evaluated ...' lines) "
+            f"but the eval log holds {len(steps)} rounds ({steps}): not the same run, or a "
+            "resumed run that repeated rounds"
+        )
+    return dict(zip(steps, rewards, strict=True))
+
+
 def analyze(options: Options) -> Analysis:
     """Read the logs and compute everything; raises ``AnalysisInputError`` on unusable input."""
     rollouts, read = read_rollouts(
@@ -124,26 +146,29 @@ def analyze(options: Options) -> Analysis:
         skip_bad_lines=options.skip_bad_lines,
         progress=options.progress,
     )
-    if options.split == "eval" and rollouts.fmt != "original-csv":
-        attribution = attribute_eval_rounds(
-            rollouts,
-            options.eval_size,
-            options.eval_interval,
-            base_model=options.eval_base_model,
-            rollouts_per_example=options.eval_rollouts_per_example,
-        )
-    else:
-        attribution = attribute_steps(
-            rollouts, options.batch_size, allow_partial=options.allow_partial_step
-        )
-    if options.max_steps is not None:
-        rollouts = rollouts.subset(rollouts.step < options.max_steps)
-        if not len(rollouts):
-            raise AnalysisInputError(f"no rollouts in the first {options.max_steps} steps")
+    shape = RunShape(
+        batch_size=options.batch_size,
+        rollouts_per_example=options.rollouts_per_example,
+        max_tokens=options.max_tokens,
+        eval_size=options.eval_size,
+        eval_rollouts_per_example=options.eval_rollouts_per_example,
+        eval_interval=options.eval_interval,
+        eval_base_model=options.eval_base_model,
+        max_steps=options.max_steps,
+    )
+    rollouts, attribution = attribute(
+        rollouts,
+        split=options.split,
+        shape=shape,
+        allow_partial=options.allow_partial_step,
+        max_steps_source=options.max_steps_source,
+    )
+    if not len(rollouts):
+        raise AnalysisInputError(f"no rollouts in the first {options.max_steps} steps")
     rows = step_rows(rollouts)
     orchestrator = None
     if options.orchestrator_log:
-        orchestrator = read_orchestrator_rewards(options.orchestrator_log)
+        orchestrator = _orchestrator_rewards(options, rows)
         for row in rows:
             logged = orchestrator.get(int(row["step"]), math.nan)
             row["orchestrator_reward"] = logged
@@ -168,6 +193,8 @@ def analyze(options: Options) -> Analysis:
         orchestrator=orchestrator,
         purity=group_purity(rollouts, options.rollouts_per_example),
     )
+    if attribution.surplus_note:
+        result.warnings.append(attribution.surplus_note)
     mismatch = _check_length_penalty(rollouts, options.max_tokens)
     if mismatch:
         result.warnings.append(mismatch)
@@ -201,11 +228,15 @@ def write_metrics_by_step(result: Analysis, path: Path) -> None:
     """``metrics_by_step.csv``: one row per step, columns of ``METRIC_NAMES`` and cross-checks."""
     columns = ["step", "n", "n_questions", *METRIC_NAMES]
     extra = [c for c in ("orchestrator_reward", "reward_gap", "partial") if c in result.rows[0]]
+    names = result.attribution.round_names
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(columns + extra)
+        writer.writerow(columns + extra + (["round"] if names else []))
         for row in result.rows:
-            writer.writerow([_cell(row[c]) for c in columns + extra])
+            cells = [_cell(row[c]) for c in columns + extra]
+            if names:
+                cells.append(names.get(int(row["step"]), ""))
+            writer.writerow(cells)
 
 
 def _texts(values: np.ndarray, keep: np.ndarray | None = None) -> list[str]:
@@ -313,9 +344,14 @@ def _cross_check(result: Analysis) -> list[str]:
         if gaps:
             abs_gaps = np.abs([g[1] for g in gaps])
             worst = gaps[int(np.argmax(abs_gaps))]
+            what = (
+                "per-round mean reward of the eval rounds vs the orchestrator's 'Evaluated ... "
+                "(Avg@k=x' lines (in order)"
+                if result.options.split == "eval"
+                else "per-step mean reward of the attributed rollouts vs the orchestrator's"
+            )
             lines.append(
-                f"- Orchestrator log: per-step mean reward of the attributed rollouts vs the "
-                f"orchestrator's over {len(gaps)} common steps: mean |gap| "
+                f"- Orchestrator log: {what} over {len(gaps)} common steps: mean |gap| "
                 f"{abs_gaps.mean():.4f}, max |gap| {abs_gaps.max():.4f} at step {worst[0]} "
                 f"({worst[2]:.4f} vs {worst[3]:.4f})."
             )

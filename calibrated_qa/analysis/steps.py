@@ -10,9 +10,22 @@ step boundary can land in the neighbouring step. Two cross-checks make the error
 - with question identity, how many (step, question) groups do not hold exactly
   ``rollouts_per_example`` rollouts (a clean attribution leaves none).
 
-Eval logs: prime-rl evaluates the base model at step 0 (``eval_base_model``) and then every
-``interval`` steps, each round ``num_examples x rollouts_per_example`` records appended in order,
-so round ``k`` is step ``k * interval`` (``(k + 1) * interval`` without the base-model round).
+Records past the last step: prime-rl keeps up to ``max_inflight_rollouts`` (``batch_size`` by
+default) rollouts in flight; those that finish after the last step (e.g. during the final eval)
+are still logged. When ``max_steps`` is known (the config's top-level ``max_steps`` or
+``--max-steps``) only the first ``max_steps x batch_size`` records are attributed; the surplus is
+counted and reported, never turned into an extra step.
+
+Eval logs (prime-rl 6cae5cc, ``orchestrator.py`` + ``eval_utils.compute_eval_ckpt_step``, with
+``max_async_level = 0``): at the top of training step ``s`` the loaded checkpoint is ``s - 1``
+(``0`` at step 0), and an eval runs when ``compute_eval_ckpt_step`` says so. So the base model
+(checkpoint 0) is evaluated at step 0 when ``eval_base_model``, checkpoint ``k x interval`` at the
+top of step ``k x interval + 1`` (only while that step is ``< max_steps``: checkpoint
+``k x interval <= max_steps - 2``), and after the loop a *final* eval runs on checkpoint
+``max_steps - 1`` (the loop's last ``ckpt_step``; the weights of step ``max_steps`` may arrive
+mid-round). Each round is ``num_examples x rollouts_per_example`` records, appended in order.
+Rounds are labelled by the checkpoint they evaluate: 0, interval, 2 x interval, ..., and the final
+round ``max_steps - 1`` (named ``final``; it never collides with an online round).
 """
 
 from __future__ import annotations
@@ -21,7 +34,7 @@ import csv
 import os
 import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +45,8 @@ from calibrated_qa.analysis.readers import AnalysisInputError, Rollouts
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 # prime-rl 6cae5cc, orchestrator.py: "Step {n} | Time: {t:.2f}s | Reward: {r:.4f} |..."
+# eval_utils.py: "Evaluated {env_name} in {eval_time:.2f}s (Avg@{k}={reward_mean:.4f}, ..."
+_EVAL_LINE = re.compile(r"\bEvaluated (\S+) in [0-9.]+s \(Avg@\d+=(-?[0-9.]+(?:e-?\d+)?)")
 _STEP_LINE = re.compile(r"\bSUCCESS\s+Step (\d+) \|.*?\| Reward: (-?[0-9.]+(?:e-?\d+)?) \|")
 
 
@@ -46,6 +61,7 @@ class RunShape:
     eval_rollouts_per_example: int | None = None
     eval_interval: int | None = None
     eval_base_model: bool = True
+    max_steps: int | None = None  # training steps of the run (top-level max_steps)
 
 
 def _positive(value: Any, name: str, source: str) -> int | None:
@@ -89,7 +105,9 @@ def read_run_shape(path: str | os.PathLike[str]) -> RunShape:
         eval_rollouts = _positive(per, "eval.rollouts_per_example", source)
         if isinstance(num, int) and num > 0:
             eval_size = num * eval_rollouts
+    max_steps = config.get("max_steps", orch.get("max_steps"))
     return RunShape(
+        max_steps=_positive(max_steps, "max_steps", source),
         batch_size=batch,
         rollouts_per_example=rollouts,
         max_tokens=_positive(sampling.get("max_tokens"), "sampling.max_tokens", source),
@@ -107,6 +125,45 @@ class Attribution:
     method: str  # one sentence, printed in summary.md
     partial_step: int | None = None  # the last step, when it holds fewer than a full batch
     partial_count: int = 0
+    surplus: int = 0  # records past max_steps x batch_size, left out
+    surplus_note: str | None = None  # the loud sentence about them
+    round_names: dict[int, str] = field(default_factory=dict)  # eval: step -> round name
+    final_step: int | None = None  # eval: the step label of the final round, when identified
+
+
+def truncate_to_max_steps(
+    rollouts: Rollouts, batch_size: int | None, max_steps: int | None, source: str
+) -> tuple[Rollouts, int, str | None]:
+    """The records of the first ``max_steps`` steps, the surplus count, and a sentence about it.
+
+    For this project's log and the original log: the first ``max_steps x batch_size`` records (in
+    log order), before any multiple-of-batch check. For the CSV: rows with ``step < max_steps``.
+    """
+    if max_steps is None:
+        return rollouts, 0, None
+    if rollouts.fmt == "original-csv":
+        keep = rollouts.step < max_steps
+        surplus = int(np.sum(~keep))
+        kept = rollouts.subset(keep) if surplus else rollouts
+        what = f"rows of steps >= {max_steps}"
+    else:
+        if batch_size is None:
+            return rollouts, 0, None  # attribute_steps reports the missing batch size
+        limit = max_steps * batch_size
+        surplus = max(0, len(rollouts) - limit)
+        kept = rollouts.subset(np.arange(min(limit, len(rollouts)))) if surplus else rollouts
+        what = f"records after the first {max_steps} x {batch_size} = {limit}"
+    if not surplus:
+        return rollouts, 0, None
+    note = (
+        f"{surplus} training {what} left out (max_steps={max_steps} from {source}). In a complete "
+        "run these are rollouts still in flight when the last step completed (prime-rl keeps up "
+        "to max_inflight_rollouts, = batch_size by default, in flight; those finishing during "
+        "the final eval are logged too): they belong to no trained step"
+    )
+    if batch_size is not None and surplus > batch_size and rollouts.fmt != "original-csv":
+        note += f"; more than one batch ({batch_size}): check max_steps and the batch size"
+    return kept, surplus, note
 
 
 def attribute_steps(
@@ -116,7 +173,7 @@ def attribute_steps(
 
     A record count that is not a multiple of ``batch_size`` means either a wrong batch size or a
     run that stopped mid-step; it is an error unless ``allow_partial`` (then the last step is
-    flagged partial).
+    flagged partial). Records past ``max_steps`` must be cut first (``truncate_to_max_steps``).
     """
     if rollouts.fmt == "original-csv":
         steps, counts = np.unique(rollouts.step, return_counts=True)
@@ -138,11 +195,29 @@ def attribute_steps(
         raise AnalysisInputError(
             f"{n} records is not a multiple of batch_size={batch_size} ({full} full steps + "
             f"{rest} records): a wrong batch size, or a run that stopped mid-step; pass "
-            "--allow-partial-step to analyse the remainder as a flagged partial last step"
+            "--allow-partial-step to analyse the remainder as a flagged partial last step (a "
+            "complete run logs extra in-flight rollouts after its last step: pass --config "
+            "with max_steps, or --max-steps, to leave them out)"
         )
     rollouts.step[:] = rollouts.index // batch_size
     method = f"index // {batch_size} (records in log order; approximate, workers interleave)"
     return Attribution(method, full if rest else None, rest)
+
+
+def eval_checkpoints(
+    interval: int, *, base_model: bool = True, max_steps: int | None = None, rounds: int
+) -> tuple[list[int], int | None]:
+    """Checkpoint labels of the online eval rounds in log order, and the final round's label.
+
+    Without ``max_steps`` the first ``rounds`` online labels (0, interval, ...) and no final.
+    With it, the online rounds prime-rl runs (checkpoints ``<= max_steps - 2``) and the final
+    one (``max_steps - 1``).
+    """
+    first = 0 if base_model else 1
+    if max_steps is None:
+        return [(first + k) * interval for k in range(rounds)], None
+    online = [c for c in range(0, max_steps - 1, interval) if c > 0 or base_model]
+    return online, max_steps - 1
 
 
 def attribute_eval_rounds(
@@ -152,11 +227,13 @@ def attribute_eval_rounds(
     *,
     base_model: bool = True,
     rollouts_per_example: int | None = None,
+    max_steps: int | None = None,
 ) -> Attribution:
-    """Set ``rollouts.step`` to the checkpoint step of each record's eval round (in place).
+    """Set ``rollouts.step`` to the checkpoint each record's eval round evaluates (in place).
 
     With ``num_examples = -1`` (the whole eval set) the round size is not in the config; it is
     then the number of distinct questions x ``rollouts_per_example``, when identity is known.
+    See the module docstring for the labels (the final round: ``max_steps - 1``, when known).
     """
     if eval_size is None and rollouts_per_example and rollouts.has_identity:
         eval_size = int(np.unique(rollouts.question).size) * rollouts_per_example
@@ -170,9 +247,31 @@ def attribute_eval_rounds(
             f"{n} eval records is not a multiple of the eval round size {eval_size} "
             f"({rounds} rounds + {rest} records): check --eval-size (num_examples x rollouts)"
         )
-    offset = 0 if base_model else 1
-    rollouts.step[:] = (rollouts.index // eval_size + offset) * interval
-    return Attribution(f"eval round = index // {eval_size}, step = round x {interval}")
+    online, final = eval_checkpoints(
+        interval, base_model=base_model, max_steps=max_steps, rounds=rounds
+    )
+    labels = online + ([final] if final is not None else [])
+    if rounds > len(labels):
+        raise AnalysisInputError(
+            f"{rounds} eval rounds of {eval_size} records, but a run of max_steps={max_steps} "
+            f"with interval {interval} evaluates only {len(labels)} (checkpoints {online} and "
+            f"final {final}): a resumed run that repeated rounds, or a wrong max_steps/interval"
+        )
+    labels = labels[:rounds]
+    final_step = final if final is not None and rounds == len(online) + 1 else None
+    names = {c: ("base model (checkpoint 0)" if c == 0 else f"checkpoint {c}") for c in labels}
+    if final_step is not None:
+        names[final_step] = f"final (checkpoint {final_step})"
+    rollouts.step[:] = np.asarray(labels, dtype=np.int64)[np.arange(n) // eval_size]
+    method = (
+        f"eval round = record position // {eval_size}, labelled by the checkpoint it evaluates: "
+        + ", ".join(names[c] for c in labels)
+    )
+    if max_steps is None:
+        method += " (without max_steps the final eval round cannot be told apart)"
+    elif final_step is None:
+        method += f" (no final round: the run stopped before max_steps={max_steps})"
+    return Attribution(method, round_names=names, final_step=final_step)
 
 
 def read_orchestrator_rewards(path: str | os.PathLike[str]) -> dict[int, float]:
@@ -196,6 +295,64 @@ def read_orchestrator_rewards(path: str | os.PathLike[str]) -> dict[int, float]:
             "Reward: x |' lines, or a TSV with 'step' and 'reward' columns)"
         )
     return rewards
+
+
+def read_orchestrator_eval_rewards(path: str | os.PathLike[str]) -> list[float]:
+    """Mean reward of each eval round, in order, from prime-rl's ``Evaluated ... (Avg@k=x`` lines.
+
+    One eval environment only (this project's); a log with several names is refused.
+    """
+    source = Path(path)
+    try:
+        text = source.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError as exc:
+        raise AnalysisInputError(f"{source}: no such orchestrator log") from exc
+    found = [(m.group(1), float(m.group(2))) for m in _EVAL_LINE.finditer(_ANSI.sub("", text))]
+    names = sorted({name for name, _ in found})
+    if len(names) > 1:
+        raise AnalysisInputError(
+            f"{source}: eval lines of several environments {names}: cannot match them to one log"
+        )
+    if not found:
+        raise AnalysisInputError(
+            f"{source}: no eval results found (expected prime-rl's 'Evaluated NAME in Xs "
+            "(Avg@k=x, ...' lines); the eval split is cross-checked against those, not against "
+            "training-step rewards"
+        )
+    return [reward for _, reward in found]
+
+
+def attribute(
+    rollouts: Rollouts,
+    *,
+    split: str,
+    shape: RunShape,
+    allow_partial: bool = False,
+    max_steps_source: str = "the config",
+) -> tuple[Rollouts, Attribution]:
+    """Steps (train) or eval rounds (eval) for every rollout: the one path both CLIs take.
+
+    Training: records past ``max_steps x batch_size`` are cut and counted first, then
+    ``attribute_steps``. Eval (not the CSV, which has its own step column):
+    ``attribute_eval_rounds``.
+    """
+    if split == "eval" and rollouts.fmt != "original-csv":
+        attribution = attribute_eval_rounds(
+            rollouts,
+            shape.eval_size,
+            shape.eval_interval,
+            base_model=shape.eval_base_model,
+            rollouts_per_example=shape.eval_rollouts_per_example,
+            max_steps=shape.max_steps,
+        )
+        return rollouts, attribution
+    kept, surplus, note = truncate_to_max_steps(
+        rollouts, shape.batch_size, shape.max_steps, max_steps_source
+    )
+    attribution = attribute_steps(kept, shape.batch_size, allow_partial=allow_partial)
+    if surplus:
+        attribution = replace(attribution, surplus=surplus, surplus_note=note)
+    return kept, attribution
 
 
 def group_purity(rollouts: Rollouts, rollouts_per_example: int | None) -> tuple[int, int] | None:
