@@ -197,3 +197,57 @@ def test_help_lists_the_options() -> None:
         "--skip-bad-lines",
     ):
         assert option in done.stdout
+
+
+def test_in_flight_surplus_after_the_last_step_is_left_out_loudly(tmp_path: Path) -> None:
+    log = write_project(tmp_path / "g.jsonl", run(n_steps=3)[:40])  # 2 steps + 8 in flight
+    config = tmp_path / "rl.toml"
+    config.write_text("max_steps = 2\n[orchestrator]\nbatch_size = 16\n")
+    out = tmp_path / "o"
+    done = analyze_cli(
+        "--generations", log, "--config", config, "--out", out, "--no-plots", "--bootstrap", "0"
+    )
+    assert done.returncode == 0, done.stderr
+    assert "8 training records" in done.stderr and "max_steps=2" in done.stderr
+    summary = (out / "summary.md").read_text()
+    assert "**Warning**: 8 training records" in summary
+    steps = [
+        row["step"] for row in csv.DictReader(out / "metrics_by_step.csv".read_text().splitlines())
+    ]
+    assert steps == ["0", "1"]
+    # --max-steps does the same without a config, before the multiple-of-batch check
+    done = analyze_cli(
+        "--generations", log, "--batch-size", "16", "--max-steps", "2", "--out", out,
+        "--no-plots", "--bootstrap", "0",
+    )  # fmt: skip
+    assert done.returncode == 0 and "8 training records" in done.stderr
+
+
+def test_eval_split_cross_checks_eval_lines_not_step_rewards(tmp_path: Path) -> None:
+    from tests.fixtures.analysis.build import Rollout
+
+    rounds = [
+        [Rollout(q, f"q{q}", q % 2 == 0, "YES", pct=60 + 10 * r, split="eval") for q in range(4)]
+        for r in range(3)
+    ]
+    log = write_project(tmp_path / "e.jsonl", [x for rnd in rounds for x in rnd])
+    orchestrator = tmp_path / "orchestrator.stdout"
+    orchestrator.write_text(
+        "".join(
+            f"SUCCESS Evaluated calibrated-qa in 1.00s (Avg@1={0.1 * r:.4f}, No-response: 0.0%)\n"
+            f"SUCCESS Step {r} | Time: 1.00s | Reward: 0.9000 | Seq. Length: 1.0 tokens/sample\n"
+            for r in range(3)
+        )
+    )
+    out = tmp_path / "o"
+    done = analyze_cli(
+        "--generations", log, "--split", "eval", "--eval-size", "4", "--eval-interval", "10",
+        "--max-steps", "12", "--orchestrator-log", orchestrator, "--out", out, "--no-plots",
+        "--bootstrap", "0",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    rows = list(csv.DictReader(out / "metrics_by_step.csv".read_text().splitlines()))
+    assert [r["step"] for r in rows] == ["0", "10", "11"]
+    assert rows[-1]["round"] == "final (checkpoint 11)"
+    assert [float(r["orchestrator_reward"]) for r in rows] == [0.0, 0.1, 0.2]
+    assert "Evaluated" in (out / "summary.md").read_text()

@@ -10,9 +10,12 @@ import pytest
 from calibrated_qa.analysis.aggregate import ensemble, step_rows, with_intervals
 from calibrated_qa.analysis.readers import AnalysisInputError, read_rollouts
 from calibrated_qa.analysis.steps import (
+    RunShape,
+    attribute,
     attribute_eval_rounds,
     attribute_steps,
     group_purity,
+    read_orchestrator_eval_rewards,
     read_orchestrator_rewards,
     read_run_shape,
 )
@@ -45,14 +48,130 @@ def test_unknown_batch_size_is_an_error(tmp_path: Path) -> None:
         attribute_steps(_read(tmp_path, run(n_steps=1)), None)
 
 
-def test_eval_rounds_follow_prime_rl_cadence(tmp_path: Path) -> None:
+def _prime_rl_compute_eval_ckpt_step(
+    ckpt_step: int, prev_ckpt_step: int, last_eval_step: int, interval: int, eval_base_model: bool
+) -> int | None:
+    """Copied from prime-rl 6cae5cc, src/prime_rl/orchestrator/eval_utils.py."""
+    if ckpt_step <= prev_ckpt_step:
+        return None
+    highest_interval_step = (ckpt_step // interval) * interval
+    if highest_interval_step > prev_ckpt_step and highest_interval_step > last_eval_step:
+        if highest_interval_step == 0:
+            if ckpt_step == 0 and eval_base_model:
+                return 0
+        else:
+            return highest_interval_step
+    return None
+
+
+def prime_rl_eval_rounds(max_steps: int, interval: int, base_model: bool) -> list[int]:
+    """The checkpoints evaluated, in log order, by prime-rl 6cae5cc's orchestrator loop.
+
+    ``orchestrator.py``: at the top of each iteration ``ckpt_step = scheduler.ckpt_step``; with
+    ``max_async_level = 0`` the scheduler has loaded checkpoint ``step - 1`` (0 at step 0) while
+    generating the previous batch. The loop breaks when ``step >= max_steps`` *before* its eval
+    block; then the final eval runs on the last ``ckpt_step``.
+    """
+    rounds = []
+    prev_ckpt_step = last_eval_step = -1
+    step = 0
+    while True:
+        ckpt_step = max(step - 1, 0)
+        if step >= max_steps:
+            break
+        if (
+            _prime_rl_compute_eval_ckpt_step(
+                ckpt_step, prev_ckpt_step, last_eval_step, interval, base_model
+            )
+            is not None
+        ):
+            last_eval_step = ckpt_step
+            rounds.append(ckpt_step)
+        prev_ckpt_step = ckpt_step
+        step += 1
+    rounds.append(ckpt_step)  # "Running final evals"
+    return rounds
+
+
+def test_simulation_copy_matches_the_pinned_prime_rl() -> None:
+    source = Path("/work/ref/prime-rl/src/prime_rl/orchestrator/eval_utils.py")
+    if not source.is_file():
+        pytest.skip("pinned prime-rl checkout not present")
+    text = source.read_text()
+    body = text[text.index("    if ckpt_step <= prev_ckpt_step:") : text.index("    return None\n")]
+    import inspect
+
+    assert body in inspect.getsource(_prime_rl_compute_eval_ckpt_step)
+
+
+@pytest.mark.parametrize(
+    ("max_steps", "interval", "base_model"),
+    [(50, 10, True), (50, 10, False), (7, 3, True), (12, 5, True), (4, 1, True)],
+)
+def test_eval_rounds_follow_prime_rl_cadence(
+    tmp_path: Path, max_steps: int, interval: int, base_model: bool
+) -> None:
+    expected = prime_rl_eval_rounds(max_steps, interval, base_model)
+    size = 4
+    rollouts = [
+        Rollout(q, f"q{q}", q % 2 == 0, "YES", split="eval")
+        for _ in range(len(expected))
+        for q in range(size)
+    ]
+    r = read_rollouts(
+        [write_project(tmp_path / "e.jsonl", rollouts)], split="eval", progress=False
+    )[0]
+    attribution = attribute_eval_rounds(
+        r, size, interval, base_model=base_model, max_steps=max_steps
+    )
+    assert r.step.tolist() == [c for c in expected for _ in range(size)]
+    assert attribution.final_step == expected[-1] == max_steps - 1
+    assert "final" in attribution.round_names[max_steps - 1]
+    # the final round never shares a label with an online round
+    assert len(set(expected)) == len(expected)
+
+
+def test_eval_rounds_without_max_steps_or_final(tmp_path: Path) -> None:
     r = _read(tmp_path, run(n_steps=3))  # 3 rounds of 16
     attribute_eval_rounds(r, 16, 10)
     assert sorted(set(r.step.tolist())) == [0, 10, 20]
     attribute_eval_rounds(r, 16, 10, base_model=False)
     assert sorted(set(r.step.tolist())) == [10, 20, 30]
+    # a run stopped before the end: online rounds only, no final
+    attribution = attribute_eval_rounds(r, 16, 10, max_steps=50)
+    assert sorted(set(r.step.tolist())) == [0, 10, 20] and attribution.final_step is None
+    # 3 rounds cannot come from a 5-step run with interval 10 (base + final only)
+    with pytest.raises(AnalysisInputError, match="evaluates only 2"):
+        attribute_eval_rounds(r, 16, 10, max_steps=5)
     with pytest.raises(AnalysisInputError, match="eval round size 20"):
         attribute_eval_rounds(r, 20, 10)
+
+
+def test_surplus_past_max_steps_is_cut_and_counted(tmp_path: Path) -> None:
+    r = _read(tmp_path, run(n_steps=3)[:40])  # 2 steps of 16 + 8 in-flight records
+    kept, attribution = attribute(r, split="train", shape=RunShape(batch_size=16, max_steps=2))
+    assert len(kept) == 32 and sorted(set(kept.step.tolist())) == [0, 1]
+    assert attribution.surplus == 8 and "8 training records" in (attribution.surplus_note or "")
+    with pytest.raises(AnalysisInputError, match="not a multiple"):
+        attribute(r, split="train", shape=RunShape(batch_size=16))
+    # more than a batch of surplus is suspicious and says so
+    _, attribution = attribute(r, split="train", shape=RunShape(batch_size=16, max_steps=1))
+    assert attribution.surplus == 24 and "more than one batch" in (attribution.surplus_note or "")
+
+
+def test_eval_cross_check_reads_evaluated_lines(tmp_path: Path) -> None:
+    log = tmp_path / "orchestrator.stdout"
+    log.write_text(
+        "\x1b[32m10:00:00 SUCCESS\x1b[0m Evaluated calibrated-qa in 41.20s (Avg@1=0.1234, "
+        "No-response: 0.0%, Completion Length: 300.00 (±1.00, ∈[1.00, 9.00]), Truncated: 0.0%)\n"
+        "10:00:01 SUCCESS Step 0 | Time: 8.98s | Reward: 0.3787 | Seq. Length: 1 tokens/sample\n"
+        "10:09:00 SUCCESS Evaluated calibrated-qa in 40.00s (Avg@1=0.5, Pass@1: 0.5000, "
+        "No-response: 0.0%)\n"
+    )
+    assert read_orchestrator_eval_rewards(log) == [0.1234, 0.5]
+    (tmp_path / "none.log").write_text("SUCCESS Step 0 | Time: 1s | Reward: 0.1 |\n")
+    with pytest.raises(AnalysisInputError, match="not against training-step rewards"):
+        read_orchestrator_eval_rewards(tmp_path / "none.log")
 
 
 def test_eval_round_size_from_distinct_questions(tmp_path: Path) -> None:
@@ -94,6 +213,7 @@ def test_config_nested_and_top_level(tmp_path: Path) -> None:
     assert (shape.batch_size, shape.rollouts_per_example, shape.max_tokens) == (1024, 8, 512)
     assert shape.eval_interval == 10 and shape.eval_rollouts_per_example == 1
     assert shape.eval_size is None  # num_examples = -1: derived from the log
+    assert shape.max_steps == 50
     flat = tmp_path / "orch.toml"
     flat.write_text(
         "batch_size = 64\nrollouts_per_example = 8\n[sampling]\nmax_tokens = 256\n"

@@ -49,8 +49,8 @@ def expected(rows: list[tuple[bool, str | None, int]]) -> dict[str, float]:
     ok = [(t, a, p) for t, a, p in rows if a is not None]
     y = np.array([t for t, _, _ in ok])
     p_yes = np.array([p / 100 if a == "YES" else 1 - p / 100 for _, a, p in ok])
-    correct = np.array([(a == "YES") == t for t, a, _ in ok])
-    conf = np.array([p / 100 for _, _, p in ok])
+    correct = np.array([(p > 0.5) == t for t, p in zip(y, p_yes, strict=True)])
+    conf = np.maximum(p_yes, 1 - p_yes)
     return {
         "n": len(rows),
         "parse_rate": len(ok) / len(rows),
@@ -140,7 +140,90 @@ def test_compare_step_of_an_online_eval_log_and_csv(tmp_path: Path) -> None:
 def test_bad_compare_specs() -> None:
     assert parse_spec("a=x/y.jsonl@10").step == 10
     assert parse_spec("a=x/y.jsonl").step is None
+    assert parse_spec("a=x/y.jsonl@final").select == "final"
+    assert parse_spec("a=x@y.jsonl@all") == parse_spec("a=x@y.jsonl@all")
+    assert parse_spec("a=x@y.jsonl@all").path == "x@y.jsonl"
     with pytest.raises(AnalysisInputError, match="LABEL=PATH"):
         parse_spec("just-a-path")
     with pytest.raises(AnalysisInputError, match="step number"):
         parse_spec("a=x@last")
+
+
+def compare_cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "analyze_calibration.py", "--quiet", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
+
+
+def three_rounds(tmp_path: Path) -> Path:
+    """An online eval log: 3 rounds of the same 4 questions, one rollout each."""
+    rows = [
+        Rollout(q, f"q{q}", q % 2 == 0, "YES", pct=60 + 10 * r, split="eval")
+        for r in range(3)
+        for q in range(4)
+    ]
+    return write_project(tmp_path / "eval.jsonl", rows)
+
+
+def test_several_rounds_without_a_selector_are_an_error(tmp_path: Path) -> None:
+    log = three_rounds(tmp_path)
+    out = tmp_path / "cmp"
+    done = compare_cli("--compare", f"a={log}", "--out", out, "--no-plots")
+    assert done.returncode == 2 and "looks like 3 eval rounds" in done.stderr
+    shape = ["--eval-size", "4", "--eval-interval", "10"]
+    done = compare_cli("--compare", f"a={log}", *shape, "--out", out, "--no-plots")
+    assert done.returncode == 2, done.stderr
+    assert "holds 3 eval rounds (@0 (base model (checkpoint 0)), @10 (checkpoint 10)" in (
+        done.stderr
+    )
+    assert "@final" in done.stderr and "@all" in done.stderr
+    done = compare_cli("--compare", f"a={log}@final", *shape, "--out", out, "--no-plots")
+    assert done.returncode == 2 and "needs max_steps" in done.stderr
+    done = compare_cli(
+        "--compare", f"base={log}@0", f"trained={log}@final", f"all={log}@all", *shape,
+        "--max-steps", "12", "--out", out, "--no-plots", "--bootstrap", "50",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    table = {r["label"]: r for r in csv.DictReader(out / "comparison.csv".read_text().splitlines())}
+    assert table["trained"]["path"].endswith("@final") and table["trained"]["n"] == "4"
+    assert float(table["trained"]["mean_p_yes"]) == pytest.approx(0.8)  # the third round
+    assert table["all"]["n"] == "12"
+    assert "final (checkpoint 11)" in (out / "comparison.md").read_text()
+
+
+def test_paired_delta_on_a_hand_constructed_case(tmp_path: Path) -> None:
+    # 10 questions, one rollout each. The base model is wrong on question 0 only, the trained
+    # model right everywhere: delta accuracy = +0.1, and in every paired draw it is
+    # (multiplicity of question 0) / 10 >= 0, so the paired interval's low end is exactly 0.
+    base = [Rollout(q, f"q{q}", True, "NO" if q == 0 else "YES", split="eval") for q in range(10)]
+    trained = [Rollout(q, f"q{q}", True, "YES", split="eval") for q in reversed(range(10))]
+    paths = [
+        write_project(tmp_path / "b.jsonl", base),
+        write_project(tmp_path / "t.jsonl", trained),
+    ]
+    csv_log = write_csv(tmp_path / "c.csv", trained, batch_size=10)
+    out = tmp_path / "cmp"
+    done = compare_cli(
+        "--compare", f"base={paths[0]}", f"trained={paths[1]}", f"csv={csv_log}",
+        "--out", out, "--no-plots", "--bootstrap", "1000",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    table = {r["label"]: r for r in csv.DictReader(out / "comparison.csv".read_text().splitlines())}
+    row = table["trained"]
+    assert float(row["delta_accuracy"]) == pytest.approx(0.1)
+    assert float(row["delta_accuracy_low"]) == 0.0
+    assert 0.1 <= float(row["delta_accuracy_high"]) <= 0.4
+    assert row["delta_vs"] == "base" and "paired over 10 common questions" in row["delta_pairing"]
+    # the unpaired intervals overlap heavily: only pairing shows the difference is not noise
+    assert float(table["base"]["accuracy_high"]) >= float(row["accuracy_low"])
+    assert table["base"]["delta_accuracy"] == ""
+    assert (
+        table["csv"]["delta_accuracy"] == ""
+        and "no paired interval" in table["csv"]["delta_pairing"]
+    )
+    md = (out / "comparison.md").read_text()
+    assert "## Difference from `base`" in md and "+0.100 [+0.000," in md

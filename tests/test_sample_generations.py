@@ -69,3 +69,12 @@ def test_csv_and_missing_step_are_errors(tmp_path: Path) -> None:
         "--generations", log, "--batch-size", "16", "--steps", "5", "--out", tmp_path / "s.md"
     )
     assert done.returncode == 2 and "step 5 is not in the log" in done.stderr
+
+
+def test_run_shape_options_are_validated(tmp_path: Path) -> None:
+    log = write_project(tmp_path / "g.jsonl", run(n_steps=1))
+    for option, value in (("--batch-size", "0"), ("--n", "-3"), ("--max-steps", "x")):
+        out = tmp_path / "s.md"
+        done = sample_cli("--generations", log, "--batch-size", "16", option, value, "--out", out)
+        assert done.returncode == 2 and "must be a positive integer" in done.stderr, option
+        assert not out.exists()
