@@ -212,7 +212,8 @@ def test_in_flight_surplus_after_the_last_step_is_left_out_loudly(tmp_path: Path
     summary = (out / "summary.md").read_text()
     assert "**Warning**: 8 training records" in summary
     steps = [
-        row["step"] for row in csv.DictReader(out / "metrics_by_step.csv".read_text().splitlines())
+        row["step"]
+        for row in csv.DictReader((out / "metrics_by_step.csv").read_text().splitlines())
     ]
     assert steps == ["0", "1"]
     # --max-steps does the same without a config, before the multiple-of-batch check
@@ -246,7 +247,7 @@ def test_eval_split_cross_checks_eval_lines_not_step_rewards(tmp_path: Path) -> 
         "--bootstrap", "0",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    rows = list(csv.DictReader(out / "metrics_by_step.csv".read_text().splitlines()))
+    rows = list(csv.DictReader((out / "metrics_by_step.csv").read_text().splitlines()))
     assert [r["step"] for r in rows] == ["0", "10", "11"]
     assert rows[-1]["round"] == "final (checkpoint 11)"
     assert [float(r["orchestrator_reward"]) for r in rows] == [0.0, 0.1, 0.2]

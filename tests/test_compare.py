@@ -188,7 +188,9 @@ def test_several_rounds_without_a_selector_are_an_error(tmp_path: Path) -> None:
         "--max-steps", "12", "--out", out, "--no-plots", "--bootstrap", "50",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    table = {r["label"]: r for r in csv.DictReader(out / "comparison.csv".read_text().splitlines())}
+    table = {
+        r["label"]: r for r in csv.DictReader((out / "comparison.csv").read_text().splitlines())
+    }
     assert table["trained"]["path"].endswith("@final") and table["trained"]["n"] == "4"
     assert float(table["trained"]["mean_p_yes"]) == pytest.approx(0.8)  # the third round
     assert table["all"]["n"] == "12"
@@ -212,7 +214,9 @@ def test_paired_delta_on_a_hand_constructed_case(tmp_path: Path) -> None:
         "--out", out, "--no-plots", "--bootstrap", "1000",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    table = {r["label"]: r for r in csv.DictReader(out / "comparison.csv".read_text().splitlines())}
+    table = {
+        r["label"]: r for r in csv.DictReader((out / "comparison.csv").read_text().splitlines())
+    }
     row = table["trained"]
     assert float(row["delta_accuracy"]) == pytest.approx(0.1)
     assert float(row["delta_accuracy_low"]) == 0.0
