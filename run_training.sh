@@ -19,15 +19,20 @@ Face token that can read the (gated) model, W&B credentials when online, the out
 nothing shadowing it, the analysis venv of this checkout (built if needed), the config
 consistent with the environment, prime-rl's own --dry-run.
 Then runs
-  uv run rl @ CONFIG --output-dir DIR --wandb.offline true|false [--ckpt.resume-step -1]
-in the prime-rl folder, and finally analyze_calibration.py into results/NAME/.
+  uv run rl @ CONFIG --output-dir DIR --wandb.offline true|false
+     [--ckpt.resume-step -1 --orchestrator.eval.skip-eval-on-resume false]   (with --resume)
+in the prime-rl folder, and finally analyze_calibration.py into results/NAME/ (training log)
+and results/NAME/eval/ (online eval: base model @0 vs the round after the last step @final).
 
 Options:
   --config FILE        prime-rl config (default: configs/calibrated_qa_gemma2_2b.toml)
   --output-dir DIR     run outputs: logs/, weights/step_N, checkpoints/step_N and the
                        generation logs (default: \$HOME/outputs/NAME)
   --run-name NAME      names results/NAME/ and the default output dir (default: config name)
-  --resume             continue from the latest checkpoint in --output-dir
+  --resume             continue from the latest checkpoint in --output-dir; the interrupted
+                       run's logs/ becomes logs.partK/, and the records of its steps (and eval
+                       rounds) before the checkpoint generations.partK.jsonl
+                       (eval_generations.partK.jsonl); the rest goes to *.partK.redone.jsonl
   --dry-run            run every check (installs the environment), then stop before training
   --wandb MODE         offline (default; no account needed) or online (needs WANDB_API_KEY
                        in the environment or a \`wandb login\`)
@@ -165,7 +170,13 @@ if [[ $WANDB_MODE_ARG == offline ]]; then
 else
   RL_ARGS+=(--wandb.offline false)
 fi
-((RESUME == 0)) || RL_ARGS+=(--ckpt.resume-step -1)
+if ((RESUME)); then
+  RL_ARGS+=(--ckpt.resume-step -1)
+  # prime-rl skips the online eval at the resumed step by default; the eval log of the
+  # interrupted run keeps only the rounds before that step (below), so run it again.
+  HAS_EVAL=$(launch_check "$PRIME_RL_DIR" "$REPO_DIR" get "$CONFIG" has_eval)
+  [[ $HAS_EVAL == false ]] || RL_ARGS+=(--orchestrator.eval.skip-eval-on-resume false)
+fi
 export CALIBRATED_QA_LOG_DIR=$OUTPUT_DIR # the env servers inherit it: generation logs go here
 export UV_NO_SYNC=1 # `uv run` (also inside prime-rl) must not re-sync away the environment
 (cd "$PRIME_RL_DIR" && uv run rl "${RL_ARGS[@]}" --dry-run) ||
@@ -177,18 +188,13 @@ if ((DRY_RUN)); then
   exit 0
 fi
 
-# Resuming redoes the steps after the checkpoint. Keep the log of the steps before it as a part
-# (the analysis reads parts in order), set the records of the redone steps aside, start afresh.
-if ((RESUME)) && [[ -s $OUTPUT_DIR/generations.jsonl ]]; then
-  BATCH=$(launch_check "$PRIME_RL_DIR" "$REPO_DIR" get "$CONFIG" batch_size)
-  PART=1
-  while [[ -e $OUTPUT_DIR/generations.part$PART.jsonl ]]; do PART=$((PART + 1)); done
-  PREVIOUS=$(find "$OUTPUT_DIR" -maxdepth 1 -name 'generations.part*.jsonl' ! -name '*.redone.jsonl' -exec cat {} + | wc -l)
-  KEEP=$((RESUME_STEP * BATCH - PREVIOUS))
-  head -n "$KEEP" "$OUTPUT_DIR/generations.jsonl" >"$OUTPUT_DIR/generations.part$PART.jsonl"
-  tail -n +"$((KEEP + 1))" "$OUTPUT_DIR/generations.jsonl" >"$OUTPUT_DIR/generations.part$PART.redone.jsonl"
-  rm "$OUTPUT_DIR/generations.jsonl"
-  echo "generation log of steps < $RESUME_STEP kept as generations.part$PART.jsonl"
+# Resuming redoes the steps after the checkpoint, and prime-rl reopens logs/*.stdout with mode
+# "w". Keep what the interrupted run wrote for the steps before the checkpoint as parts (logs/ ->
+# logs.partK/, generations.partK.jsonl, eval_generations.partK.jsonl), set the records of redone
+# steps and eval rounds aside (*.partK.redone.jsonl); the analysis reads the parts in order.
+if ((RESUME)); then
+  launch_check "$PRIME_RL_DIR" "$REPO_DIR" resume-split "$CONFIG" "$OUTPUT_DIR" "$RESUME_STEP" ||
+    die "could not set aside the logs of the interrupted run in $OUTPUT_DIR (see above)"
 fi
 
 say "Training (GPU 0: vLLM; the trainer: the next GPUs). Reward per step:"
@@ -201,14 +207,32 @@ say "Analysis -> $RESULTS_DIR"
 unset UV_NO_SYNC
 ANALYZE=(uv run --project "$REPO_DIR" --locked --no-dev python "$REPO_DIR/analyze_calibration.py")
 STATUS=0
-mapfile -t LOGS < <(find "$OUTPUT_DIR" -maxdepth 1 -name 'generations.part*.jsonl' ! -name '*.redone.jsonl' | sort -V)
+# parts_in_order DIR PATTERN: the kept parts of a resumed run, in order (none for a fresh run).
+parts_in_order() {
+  find "$1" -maxdepth 1 -name "$2" ! -name '*.redone.jsonl' | sort -V
+}
+mapfile -t LOGS < <(parts_in_order "$OUTPUT_DIR" 'generations.part*.jsonl')
+# --orchestrator-log takes one file: after a resume, the logs of all parts in order (a redone
+# step's line comes later and wins).
+ORCH_LOG=$OUTPUT_DIR/logs/orchestrator.stdout
+mapfile -t ORCH_PARTS < <(find "$OUTPUT_DIR" -maxdepth 2 -path "$OUTPUT_DIR/logs.part*/orchestrator.stdout" | sort -V)
+if ((${#ORCH_PARTS[@]})); then
+  [[ ! -f $ORCH_LOG ]] || ORCH_PARTS+=("$ORCH_LOG")
+  ORCH_LOG=$OUTPUT_DIR/orchestrator.combined.stdout
+  cat "${ORCH_PARTS[@]}" >"$ORCH_LOG"
+fi
 "${ANALYZE[@]}" --generations "${LOGS[@]}" "$OUTPUT_DIR/generations.jsonl" --config "$CONFIG" \
-  --orchestrator-log "$OUTPUT_DIR/logs/orchestrator.stdout" --out "$RESULTS_DIR" || STATUS=$?
-if [[ -s $OUTPUT_DIR/eval_generations.jsonl ]]; then
-  LAST_STEP=$(launch_check "$PRIME_RL_DIR" "$REPO_DIR" get "$CONFIG" max_steps)
+  --orchestrator-log "$ORCH_LOG" --out "$RESULTS_DIR" || STATUS=$?
+# Eval rounds are labelled by the checkpoint they evaluate; @final is the round after the loop.
+EVAL_LOG=$OUTPUT_DIR/eval_generations.jsonl
+mapfile -t EVAL_PARTS < <(parts_in_order "$OUTPUT_DIR" 'eval_generations.part*.jsonl')
+if ((${#EVAL_PARTS[@]})) && [[ -s $EVAL_LOG ]]; then
+  EVAL_LOG=$OUTPUT_DIR/eval_generations.combined.jsonl
+  cat "${EVAL_PARTS[@]}" "$OUTPUT_DIR/eval_generations.jsonl" >"$EVAL_LOG"
+fi
+if [[ -s $EVAL_LOG ]]; then
   "${ANALYZE[@]}" --split eval --config "$CONFIG" \
-    --compare "base=$OUTPUT_DIR/eval_generations.jsonl@0" \
-    "trained=$OUTPUT_DIR/eval_generations.jsonl@$LAST_STEP" --out "$RESULTS_DIR/eval" || STATUS=$?
+    --compare "base=$EVAL_LOG@0" "trained=$EVAL_LOG@final" --out "$RESULTS_DIR/eval" || STATUS=$?
 fi
 ((STATUS == 0)) || die "training finished, but the analysis failed (see above)" \
   "the run's outputs are complete in $OUTPUT_DIR; rerun the analysis commands of docs/training.md"

@@ -9,6 +9,7 @@ prints what it found; a failed check exits non-zero with the reason on stderr.
     launch_checks.py env-args CONFIG [--log-dir DIR]   training env args as JSON
     launch_checks.py hf-access MODEL        the Hugging Face token can read MODEL (gated)
     launch_checks.py installed --source DIR the environment is installed from DIR, unshadowed
+    launch_checks.py resume-split CONFIG DIR STEP   before --resume: keep logs of steps < STEP
 """
 
 from __future__ import annotations
@@ -241,6 +242,118 @@ def installed_problems(source: Path, purelib: Path, search_path: list[Path]) -> 
     return problems
 
 
+# --------------------------------------------------------------------------- resume
+
+# prime-rl's [orchestrator.eval] defaults at the pinned commit (configs/orchestrator.py EvalConfig).
+EVAL_DEFAULTS = {
+    "interval": 100,
+    "eval_base_model": True,
+    "num_examples": -1,
+    "rollouts_per_example": 1,
+}
+
+
+def eval_shape(config: dict[str, Any]) -> dict[str, Any] | None:
+    """interval, eval_base_model, num_examples, rollouts_per_example of the online eval, or None."""
+    eval_cfg = config.get("orchestrator", {}).get("eval")
+    if eval_cfg is None:
+        return None
+    shape = {key: eval_cfg.get(key, default) for key, default in EVAL_DEFAULTS.items()}
+    envs = eval_cfg.get("env", [])
+    if len(envs) == 1:  # per-environment overrides, as prime-rl applies them
+        for key in ("num_examples", "rollouts_per_example"):
+            if envs[0].get(key):
+                shape[key] = envs[0][key]
+    return shape
+
+
+def eval_rounds_before(step: int, interval: int, base_model: bool) -> int:
+    """Online-eval rounds of the checkpoints before ``step``: 0 (base model), interval, 2 x ..."""
+    rounds = -(-step // interval)  # multiples of interval in [0, step)
+    return rounds if base_model else max(rounds - 1, 0)
+
+
+def _lines(path: Path) -> list[bytes]:
+    return path.read_bytes().splitlines(keepends=True) if path.exists() else []
+
+
+def _kept_parts(out: Path, stem: str) -> list[Path]:
+    parts = [p for p in out.glob(f"{stem}.part*.jsonl") if not p.name.endswith(".redone.jsonl")]
+    return sorted(parts, key=lambda p: int(p.name[len(stem) + 5 : -6]))
+
+
+def _split(out: Path, stem: str, part: int, keep_total: int, what: str) -> str | None:
+    """Keep the first ``keep_total`` records of the run (earlier parts count) as ``stem.partK``."""
+    current = out / f"{stem}.jsonl"
+    lines = _lines(current)
+    if not lines:
+        return None
+    previous = sum(len(_lines(p)) for p in _kept_parts(out, stem))
+    keep = max(keep_total - previous, 0)
+    kept, redone = lines[:keep], lines[keep:]
+    (out / f"{stem}.part{part}.jsonl").write_bytes(b"".join(kept))
+    (out / f"{stem}.part{part}.redone.jsonl").write_bytes(b"".join(redone))
+    current.unlink()
+    message = (
+        f"{stem}.jsonl: {len(kept)} records of {what} kept as {stem}.part{part}.jsonl, "
+        f"{len(redone)} set aside as {stem}.part{part}.redone.jsonl"
+    )
+    if len(kept) < keep:
+        message += f" (WARNING: expected {keep}; the analysis will misattribute steps)"
+    return message
+
+
+def resume_split(config: dict[str, Any], out: Path, step: int) -> list[str]:
+    """Before resuming at checkpoint ``step``: keep the logs of earlier steps, set aside the rest.
+
+    prime-rl reopens ``logs/*.stdout`` with mode "w" (entrypoints/rl.py), so ``logs/`` moves to
+    ``logs.partK/``. The training log keeps ``step x batch_size`` records (earlier parts count);
+    the eval log keeps the complete rounds of the checkpoints before ``step`` (all finished
+    before checkpoint ``step`` was written); the resumed run (with skip_eval_on_resume = false)
+    evaluates checkpoint ``step`` again when it is an eval step. Later records go to
+    ``*.partK.redone.jsonl``. K is the first number no part uses yet.
+    """
+    part = 1
+    while any(
+        (out / name).exists()
+        for name in (
+            f"generations.part{part}.jsonl",
+            f"eval_generations.part{part}.jsonl",
+            f"logs.part{part}",
+        )
+    ):
+        part += 1
+    messages = []
+    if (out / "logs").is_dir():
+        (out / "logs").rename(out / f"logs.part{part}")
+        messages.append(
+            f"logs/ of the interrupted run moved to logs.part{part}/ (prime-rl overwrites logs/)"
+        )
+    batch = config.get("orchestrator", {}).get("batch_size")
+    if not isinstance(batch, int):
+        raise CheckError("[orchestrator] batch_size is not set")
+    message = _split(out, "generations", part, step * batch, f"steps < {step}")
+    if message:
+        messages.append(message)
+    shape = eval_shape(config)
+    eval_log = out / "eval_generations.jsonl"
+    if shape is not None and _lines(eval_log):
+        rounds = eval_rounds_before(step, shape["interval"], shape["eval_base_model"])
+        size = shape["num_examples"] * shape["rollouts_per_example"]
+        if shape["num_examples"] < 0:  # the whole eval set: its size is not in the config
+            ids = set()
+            for path in [*_kept_parts(out, "eval_generations"), eval_log]:
+                for line in _lines(path):
+                    try:
+                        ids.add(json.loads(line)["example_id"])
+                    except (ValueError, KeyError, TypeError):
+                        continue  # a torn last line
+            size = len(ids) * shape["rollouts_per_example"]
+        what = f"{rounds} eval round(s) of {size} (checkpoints < {step})"
+        messages.append(_split(out, "eval_generations", part, rounds * size, what) or "")
+    return [m for m in messages if m]
+
+
 # --------------------------------------------------------------------------- Hugging Face
 
 
@@ -301,6 +414,8 @@ def _cmd_get(ns: argparse.Namespace) -> str:
         return model_name(config)
     if ns.key == "required_gpus":
         return str(required_gpus(config))
+    if ns.key == "has_eval":
+        return "true" if eval_shape(config) is not None else "false"
     if ns.key == "batch_size":
         return str(config.get("orchestrator", {}).get("batch_size"))
     if ns.key == "max_steps":
@@ -337,6 +452,11 @@ def _cmd_installed(ns: argparse.Namespace) -> str:
     )
 
 
+def _cmd_resume_split(ns: argparse.Namespace) -> str:
+    lines = resume_split(load_config(ns.config), Path(ns.output_dir), ns.step)
+    return "\n".join(lines) or "nothing to split"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -346,7 +466,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("get", help="one value of a config")
     p.add_argument("config")
     p.add_argument(
-        "key", choices=["model", "batch_size", "max_tokens", "max_steps", "required_gpus"]
+        "key",
+        choices=["model", "batch_size", "max_tokens", "max_steps", "required_gpus", "has_eval"],
     )
     p.set_defaults(func=_cmd_get)
     p = sub.add_parser("env-args", help="training env args of a config, as JSON")
@@ -359,6 +480,11 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("installed", help="environment installed from this checkout, unshadowed")
     p.add_argument("--source", required=True, help="the checkout's calibrated_qa/ folder")
     p.set_defaults(func=_cmd_installed)
+    p = sub.add_parser("resume-split", help="before --resume: keep the logs of steps < STEP")
+    p.add_argument("config")
+    p.add_argument("output_dir")
+    p.add_argument("step", type=int, help="the checkpoint step the run resumes from")
+    p.set_defaults(func=_cmd_resume_split)
     ns = parser.parse_args(argv)
     try:
         print(ns.func(ns))

@@ -81,7 +81,7 @@ def test_training_runs_exact_command_then_analysis(box: FakeBox) -> None:
         f"{prefix} --generations {out}/generations.jsonl --config {CONFIG} "
         f"--orchestrator-log {out}/logs/orchestrator.stdout --out {REPO}/results/unit",
         f"{prefix} --split eval --config {CONFIG} --compare "
-        f"base={out}/eval_generations.jsonl@0 trained={out}/eval_generations.jsonl@50 "
+        f"base={out}/eval_generations.jsonl@0 trained={out}/eval_generations.jsonl@final "
         f"--out {REPO}/results/unit/eval",
     ]
 
@@ -119,24 +119,89 @@ def test_secrets_never_printed_or_written(box: FakeBox) -> None:
     assert TOKEN not in all_text(box.root, skip={token_file})
 
 
-def test_resume_passes_resume_step_and_splits_the_log(box: FakeBox) -> None:
+def _records(n: int, start: int = 0) -> str:
+    return "".join(f'{{"example_id": {i % 5}, "i": {start + i}}}\n' for i in range(n))
+
+
+def test_resume_passes_resume_step_and_splits_the_logs(box: FakeBox) -> None:
     config = small_config(box, **{"batch_size = 1024": "batch_size = 16"})
     out = out_dir(box)
-    (out / "checkpoints" / "step_2").mkdir(parents=True)
-    (out / "checkpoints" / "step_1").mkdir(parents=True)
-    (out / "generations.jsonl").write_text("".join(f'{{"i": {i}}}\n' for i in range(35)))
+    (out / "checkpoints" / "step_20").mkdir(parents=True)
+    (out / "checkpoints" / "step_10").mkdir(parents=True)
+    (out / "generations.jsonl").write_text(_records(20 * 16 + 3))
+    # Eval rounds of 5 questions: checkpoints 0, 10 and 20 (round 20 ran before the crash and
+    # is redone), plus a torn partial round.
+    (out / "eval_generations.jsonl").write_text(_records(3 * 5 + 2) + '{"example_id": 3, "i"')
+    (out / "logs").mkdir()
+    (out / "logs" / "orchestrator.stdout").write_text("SUCCESS Step 0 | Reward: 0.1 |\n")
     result = box.run(
         "run_training.sh", "--config", str(config), "--output-dir", str(out), "--resume", **OK_ENV
     )
     assert result.returncode == 0, result.stderr
-    assert rl_calls(box)[-1] == (
-        f"run rl @ {config} --output-dir {out} --wandb.offline true --ckpt.resume-step -1"
-    )
-    # Steps 0-1 (2 x 16 records) are kept; the 3 records of the redone step are set aside.
-    assert len((out / "generations.part1.jsonl").read_text().splitlines()) == 32
+    resume = "--ckpt.resume-step -1 --orchestrator.eval.skip-eval-on-resume false"
+    assert rl_calls(box) == [
+        f"run rl @ {config} --output-dir {out} --wandb.offline true {resume} --dry-run",
+        f"run rl @ {config} --output-dir {out} --wandb.offline true {resume}",
+    ]
+    # Steps 0-19 (20 x 16 records) are kept; the 3 records of the redone step are set aside.
+    assert len((out / "generations.part1.jsonl").read_text().splitlines()) == 320
     assert len((out / "generations.part1.redone.jsonl").read_text().splitlines()) == 3
+    # Eval rounds of checkpoints 0 and 10 are kept; round 20 is evaluated again after resuming.
+    assert len((out / "eval_generations.part1.jsonl").read_text().splitlines()) == 10
+    assert len((out / "eval_generations.part1.redone.jsonl").read_text().splitlines()) == 8
+    # prime-rl reopens logs/*.stdout with mode "w": the interrupted run's logs are kept.
+    assert (out / "logs.part1" / "orchestrator.stdout").read_text().startswith("SUCCESS Step 0")
+    analysis = [c for c in box.calls("uv") if "analyze_calibration.py" in c]
+    assert f"--generations {out}/generations.part1.jsonl {out}/generations.jsonl " in analysis[0]
+    assert f"--orchestrator-log {out}/orchestrator.combined.stdout " in analysis[0]
+    assert (out / "orchestrator.combined.stdout").read_text().splitlines() == [
+        "SUCCESS Step 0 | Reward: 0.1 |",
+        "SUCCESS Step 1 | Time: 1.00s | Reward: 0.5000 |",
+    ]
+    combined = out / "eval_generations.combined.jsonl"
+    assert f"base={combined}@0 trained={combined}@final" in analysis[1]
+    # The fake prime-rl appended 1 eval record: parts, then the resumed run's log, in order.
+    eval_lines = combined.read_text().splitlines()
+    assert eval_lines[:10] == (out / "eval_generations.part1.jsonl").read_text().splitlines()
+    assert eval_lines[10:] == ['{"n": 0}']
+
+
+def test_second_resume_counts_earlier_parts(box: FakeBox) -> None:
+    config = small_config(box, **{"batch_size = 1024": "batch_size = 16"})
+    out = out_dir(box)
+    (out / "checkpoints" / "step_30").mkdir(parents=True)
+    (out / "generations.part1.jsonl").write_text(_records(20 * 16))
+    (out / "generations.part1.redone.jsonl").write_text(_records(3))
+    (out / "eval_generations.part1.jsonl").write_text(_records(10))
+    (out / "logs.part1").mkdir()
+    (out / "generations.jsonl").write_text(_records(10 * 16 + 5))
+    (out / "eval_generations.jsonl").write_text(_records(5 + 5 + 1))  # rounds 20, 30, torn
+    result = box.run(
+        "run_training.sh", "--config", str(config), "--output-dir", str(out), "--resume", **OK_ENV
+    )
+    assert result.returncode == 0, result.stderr
+    assert len((out / "generations.part2.jsonl").read_text().splitlines()) == 160
+    assert len((out / "eval_generations.part2.jsonl").read_text().splitlines()) == 5
+    assert len((out / "eval_generations.part2.redone.jsonl").read_text().splitlines()) == 6
     analysis = next(c for c in box.calls("uv") if "--generations" in c)
-    assert f"--generations {out}/generations.part1.jsonl {out}/generations.jsonl " in analysis
+    assert (
+        f"--generations {out}/generations.part1.jsonl {out}/generations.part2.jsonl "
+        f"{out}/generations.jsonl " in analysis
+    )
+
+
+def test_resume_without_online_eval_passes_no_eval_flag(box: FakeBox) -> None:
+    text = CONFIG.read_text()
+    start, end = text.index("[orchestrator.eval]"), text.index("[trainer.optim]")
+    config = box.root / "no-eval.toml"
+    config.write_text(text[:start] + text[end:])
+    out = out_dir(box)
+    (out / "checkpoints" / "step_10").mkdir(parents=True)
+    result = box.run(
+        "run_training.sh", "--config", str(config), "--output-dir", str(out), "--resume", **OK_ENV
+    )
+    assert result.returncode == 0, result.stderr
+    assert rl_calls(box)[-1].endswith("--wandb.offline true --ckpt.resume-step -1")
 
 
 def _wrong_commit(box: FakeBox) -> None:
