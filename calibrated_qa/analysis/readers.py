@@ -65,8 +65,6 @@ CSV_FIELDS = ("step", "reward", "brier_score", "p_yes", "ground_truth", "parseab
 # A parseable answer of 50% earns 1 - 0.25 = 0.75 plus a penalty >= -1: reward >= -0.25.
 CSV_UNPARSEABLE_BELOW = -0.25
 QUESTION_MARKER = "\nQuestion: "
-# The numeric fields of a project record that must be finite (p_yes and pct when parseable).
-NUMERIC_FIELDS = ("p_yes", "pct", "reward", "calibration_reward", "length_penalty", "length")
 
 
 class AnalysisInputError(ValueError):
@@ -257,43 +255,31 @@ class _Columns:
 
 
 def _project_row(obj: Any, where: str, cols: _Columns, position: tuple[int, int, int]) -> str:
+    # validate_record is the full schema check (types, ranges, parseable <-> p_yes/pct/answer);
+    # only what it leaves open is checked here: a finite length (JSON admits NaN there).
     record = validate_record(obj, where)
-    try:
-        parseable = bool(record["parseable"])
-        pct = record["pct"]
-        if parseable and (pct is None or record["answer"] not in ("YES", "NO")):
-            raise ValueError("a parseable record needs 'pct' and 'answer'")
-        numbers = (
+    length = record["length"]
+    if not math.isfinite(length):
+        raise RecordError(f"{where}: field 'length' is not finite: {length!r}")
+    parseable = record["parseable"]
+    p_yes = float(record["p_yes"]) if parseable else None  # type: ignore[arg-type]
+    y = record["ground_truth"] == "true"
+    cols.rows.append(
+        (
+            *position,
+            -1,
+            cols.code(record["example_id"]),
+            y,
+            parseable,
+            is_correct(p_yes, y),
+            math.nan if p_yes is None else p_yes,
+            math.nan if p_yes is None else answer_confidence(p_yes),
             float(record["reward"]),
             float(record["calibration_reward"]),
             float(record["length_penalty"]),
-            float(record["length"]),
+            float(length),
         )
-        p_yes = float(record["p_yes"]) if parseable else 0.0
-        # One test for the common case; the field-by-field test only to name a bad field (a sum
-        # of finite values can still overflow, which the second test then lets through).
-        if not math.isfinite(sum(numbers) + p_yes):
-            for name in NUMERIC_FIELDS:
-                if name not in ("p_yes", "pct") or parseable:
-                    _finite(record[name], name)
-        if parseable and not 0 <= p_yes <= 1:
-            raise ValueError(f"p_yes out of [0, 1]: {p_yes}")
-        y = record["ground_truth"] == "true"
-        cols.rows.append(
-            (
-                *position,
-                -1,
-                cols.code(int(record["example_id"])),
-                y,
-                parseable,
-                is_correct(p_yes if parseable else None, y),
-                p_yes if parseable else math.nan,
-                answer_confidence(p_yes) if parseable else math.nan,
-                *numbers,
-            )
-        )
-    except (TypeError, ValueError) as exc:
-        raise RecordError(f"{where}: {exc}") from exc
+    )
     return record["length_unit"]
 
 
