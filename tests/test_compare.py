@@ -231,3 +231,28 @@ def test_paired_delta_on_a_hand_constructed_case(tmp_path: Path) -> None:
     )
     md = (out / "comparison.md").read_text()
     assert "## Difference from `base`" in md and "+0.100 [+0.000," in md
+
+
+def test_run_training_syntax_with_the_reference_config(tmp_path: Path) -> None:
+    # configs/calibrated_qa_gemma2_2b.toml: max_steps 50, eval every 10 with the base model,
+    # num_examples = -1 and 1 rollout: rounds of (questions x 1) records, checkpoints
+    # 0, 10, 20, 30, 40 and the final round on checkpoint 49.
+    rows = [
+        Rollout(q, f"q{q}", q % 2 == 0, "YES", pct=51 + 8 * r, split="eval")
+        for r in range(6)
+        for q in range(5)
+    ]
+    log = write_project(tmp_path / "eval_generations.jsonl", rows)
+    out = tmp_path / "cmp"
+    done = compare_cli(
+        "--split", "eval", "--config", REPO / "configs" / "calibrated_qa_gemma2_2b.toml",
+        "--compare", f"base={log}@0", f"trained={log}@final", "--out", out, "--no-plots",
+        "--bootstrap", "50",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    table = {
+        r["label"]: r for r in csv.DictReader((out / "comparison.csv").read_text().splitlines())
+    }
+    assert float(table["base"]["mean_p_yes"]) == pytest.approx(0.51)
+    assert float(table["trained"]["mean_p_yes"]) == pytest.approx(0.91)
+    assert "final (checkpoint 49)" in (out / "comparison.md").read_text()
