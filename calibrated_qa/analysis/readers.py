@@ -105,9 +105,9 @@ class Rollouts:
     question: NDArray[np.int64]  # question identity code, -1 when the format has none
     y: NDArray[np.bool_]  # the true answer is yes
     parseable: NDArray[np.bool_]
-    correct: NDArray[np.bool_]  # stated answer matches the truth (False when unparseable)
+    correct: NDArray[np.bool_]  # reward.is_correct: P(YES) > 0.5 matches the truth
     p_yes: NDArray[np.float64]  # NaN when unparseable
-    confidence: NDArray[np.float64]  # in the chosen answer; NaN when unparseable
+    confidence: NDArray[np.float64]  # reward.answer_confidence; NaN when unparseable
     reward: NDArray[np.float64]
     calibration_reward: NDArray[np.float64]
     length_penalty: NDArray[np.float64]
