@@ -141,3 +141,20 @@ def test_cli_get_and_env_args(capsys: pytest.CaptureFixture[str]) -> None:
         '"max_tokens": 512}',
     ]
     assert "config file not found: /nonexistent.toml" in err
+
+
+def test_eval_rounds_before_a_resumed_step() -> None:
+    from scripts.launch_checks import eval_rounds_before, eval_shape
+
+    # Base model + every 10 steps: rounds 0 | 0, 10 | 0, 10 before steps 10, 15, 20.
+    assert [eval_rounds_before(s, 10, True) for s in (10, 15, 20)] == [1, 2, 2]
+    assert [eval_rounds_before(s, 10, False) for s in (10, 15, 20)] == [0, 1, 1]
+    # prime-rl's EvalConfig defaults apply to keys a config leaves out; no table, no eval.
+    shape = eval_shape({"orchestrator": {"eval": {"env": [{"id": "calibrated-qa"}]}}})
+    assert shape == {
+        "interval": 100,
+        "eval_base_model": True,
+        "num_examples": -1,
+        "rollouts_per_example": 1,
+    }
+    assert eval_shape({"orchestrator": {}}) is None
