@@ -89,12 +89,16 @@ def check_sampling_max_tokens(sampling_args: Any, max_tokens: int) -> None:
         )
 
 
-def _is_truncated(state: Any) -> bool:
-    if state.get("is_truncated"):
-        return True
-    steps = state.get("trajectory") or []
-    message = getattr(steps[-1].get("response"), "message", None) if steps else None
-    return getattr(message, "finish_reason", None) == "length"
+def stopped_at_max_tokens(state: Any) -> bool:
+    """Generation hit ``max_tokens`` (finish reason "length").
+
+    Not verifiers' ``state["is_truncated"]``, which is also set when the token ids are cut to fit
+    ``max_seq_len`` or the prompt is too long: the log's ``truncated`` is about the sampler.
+    """
+    return any(
+        getattr(getattr(step.get("response"), "message", None), "finish_reason", None) == "length"
+        for step in state.get("trajectory") or []
+    )
 
 
 class CalibrationParser(vf.Parser):
@@ -198,7 +202,7 @@ class CalibrationRubric(vf.Rubric):
                 label=state["answer"] == "true",
                 completion=completion_text(state.get("completion")),
                 completion_tokens=completion_token_count(state),
-                truncated=_is_truncated(state),
+                truncated=stopped_at_max_tokens(state),
                 max_tokens=self.max_tokens,
             )
         except Exception as exc:  # a log problem must not fail the rollout

@@ -1,8 +1,10 @@
 """One dry run: config -> environment -> rollouts against the server -> log -> checks -> analysis.
 
-The rollouts take the path training takes: the environment's training dataset, grouped K rollouts
+The rollouts take training's data path: the environment's training dataset, grouped K rollouts
 per question, through ``Environment.generate`` with a ``vf.ClientConfig`` (verifiers' OpenAI
-chat-completions client), as prime-rl's orchestrator does. Only what a CPU cannot afford changes:
+chat-completions client), in this one process. prime-rl runs the same environment code in
+env-server worker processes with its token client; that path is tested in
+``tests/test_env_server.py``. Only what a CPU cannot afford changes:
 the dataset is the shipped BoolQ folder, length is measured in exact tokens, and ``max_tokens``
 may be lowered (both the sampler's and the environment's, which must stay equal).
 
