@@ -1,8 +1,11 @@
 """Checks run_training.sh and eval_model.sh make before spending GPU time.
 
-Runs with the Python of prime-rl's venv (3.12, where calibrated-qa is installed) and needs only
-the standard library, ``packaging`` and, for ``hf-access``, ``huggingface_hub``. Every subcommand
-prints what it found; a failed check exits non-zero with the reason on stderr.
+Runs with the Python of prime-rl's venv (3.12, where calibrated-qa is installed). ``installed``
+and ``hf-access`` need only the standard library, ``packaging`` and ``huggingface_hub``, so they
+work where calibrated_qa is missing or stale; ``get`` and ``resume-split`` read the config through
+``calibrated_qa.analysis.steps`` (the one definition of prime-rl's eval defaults and rounds;
+numpy only), imported inside the functions that need it. Every subcommand prints what it found; a
+failed check exits non-zero with the reason on stderr.
 
     launch_checks.py config CONFIG          config consistent with the environment
     launch_checks.py get CONFIG KEY         one value (see `get --help`)
@@ -23,7 +26,10 @@ import sys
 import sysconfig
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from calibrated_qa.analysis.steps import RunShape
 
 ENV_ID = "calibrated-qa"
 PACKAGE = "calibrated_qa"
@@ -244,33 +250,20 @@ def installed_problems(source: Path, purelib: Path, search_path: list[Path]) -> 
 
 # --------------------------------------------------------------------------- resume
 
-# prime-rl's [orchestrator.eval] defaults at the pinned commit (configs/orchestrator.py EvalConfig).
-EVAL_DEFAULTS = {
-    "interval": 100,
-    "eval_base_model": True,
-    "num_examples": -1,
-    "rollouts_per_example": 1,
-}
 
+def run_shape(config: dict[str, Any], source: str) -> RunShape:
+    """The config's ``RunShape``: ``calibrated_qa.analysis.steps`` is the one reader of its keys.
 
-def eval_shape(config: dict[str, Any]) -> dict[str, Any] | None:
-    """interval, eval_base_model, num_examples, rollouts_per_example of the online eval, or None."""
-    eval_cfg = config.get("orchestrator", {}).get("eval")
-    if eval_cfg is None:
-        return None
-    shape = {key: eval_cfg.get(key, default) for key, default in EVAL_DEFAULTS.items()}
-    envs = eval_cfg.get("env", [])
-    if len(envs) == 1:  # per-environment overrides, as prime-rl applies them
-        for key in ("num_examples", "rollouts_per_example"):
-            if envs[0].get(key):
-                shape[key] = envs[0][key]
-    return shape
+    Imported here, not at the top, so the stdlib-only checks (``installed``, ``hf-access``) run
+    where calibrated_qa is missing or stale.
+    """
+    from calibrated_qa.analysis.readers import AnalysisInputError
+    from calibrated_qa.analysis.steps import run_shape_from_dict
 
-
-def eval_rounds_before(step: int, interval: int, base_model: bool) -> int:
-    """Online-eval rounds of the checkpoints before ``step``: 0 (base model), interval, 2 x ..."""
-    rounds = -(-step // interval)  # multiples of interval in [0, step)
-    return rounds if base_model else max(rounds - 1, 0)
+    try:
+        return run_shape_from_dict(config, source)
+    except AnalysisInputError as exc:
+        raise CheckError(str(exc)) from None
 
 
 def _lines(path: Path) -> list[bytes]:
@@ -303,7 +296,9 @@ def _split(out: Path, stem: str, part: int, keep_total: int, what: str) -> str |
     return message
 
 
-def resume_split(config: dict[str, Any], out: Path, step: int) -> list[str]:
+def resume_split(
+    config: dict[str, Any], out: Path, step: int, source: str = "the config"
+) -> list[str]:
     """Before resuming at checkpoint ``step``: keep the logs of earlier steps, set aside the rest.
 
     prime-rl reopens ``logs/*.stdout`` with mode "w" (entrypoints/rl.py), so ``logs/`` moves to
@@ -329,18 +324,19 @@ def resume_split(config: dict[str, Any], out: Path, step: int) -> list[str]:
         messages.append(
             f"logs/ of the interrupted run moved to logs.part{part}/ (prime-rl overwrites logs/)"
         )
-    batch = config.get("orchestrator", {}).get("batch_size")
-    if not isinstance(batch, int):
+    from calibrated_qa.analysis.steps import eval_rounds_before
+
+    shape = run_shape(config, source)
+    if shape.batch_size is None:
         raise CheckError("[orchestrator] batch_size is not set")
-    message = _split(out, "generations", part, step * batch, f"steps < {step}")
+    message = _split(out, "generations", part, step * shape.batch_size, f"steps < {step}")
     if message:
         messages.append(message)
-    shape = eval_shape(config)
     eval_log = out / "eval_generations.jsonl"
-    if shape is not None and _lines(eval_log):
-        rounds = eval_rounds_before(step, shape["interval"], shape["eval_base_model"])
-        size = shape["num_examples"] * shape["rollouts_per_example"]
-        if shape["num_examples"] < 0:  # the whole eval set: its size is not in the config
+    if shape.has_eval and _lines(eval_log):
+        rounds = eval_rounds_before(step, shape.eval_interval, base_model=shape.eval_base_model)
+        size = shape.eval_size
+        if size is None:  # the whole eval set (num_examples = -1): its size is not in the config
             ids = set()
             for path in [*_kept_parts(out, "eval_generations"), eval_log]:
                 for line in _lines(path):
@@ -348,7 +344,7 @@ def resume_split(config: dict[str, Any], out: Path, step: int) -> list[str]:
                         ids.add(json.loads(line)["example_id"])
                     except (ValueError, KeyError, TypeError):
                         continue  # a torn last line
-            size = len(ids) * shape["rollouts_per_example"]
+            size = len(ids) * shape.eval_rollouts_per_example
         what = f"{rounds} eval round(s) of {size} (checkpoints < {step})"
         messages.append(_split(out, "eval_generations", part, rounds * size, what) or "")
     return [m for m in messages if m]
@@ -414,19 +410,18 @@ def _cmd_get(ns: argparse.Namespace) -> str:
         return model_name(config)
     if ns.key == "required_gpus":
         return str(required_gpus(config))
+    shape = run_shape(config, ns.config)
     if ns.key == "has_eval":
-        return "true" if eval_shape(config) is not None else "false"
+        return "true" if shape.has_eval else "false"
     if ns.key == "batch_size":
-        return str(config.get("orchestrator", {}).get("batch_size"))
+        return str(shape.batch_size)
     if ns.key == "max_steps":
-        steps = config.get("max_steps", config.get("orchestrator", {}).get("max_steps"))
-        if steps is None:
+        if shape.max_steps is None:
             raise CheckError(f"{ns.config}: max_steps is not set")
-        return str(steps)
-    value = config.get("orchestrator", {}).get("sampling", {}).get("max_tokens")
-    if value is None:
+        return str(shape.max_steps)
+    if shape.max_tokens is None:
         raise CheckError(f"{ns.config}: [orchestrator.sampling] max_tokens is not set")
-    return str(value)
+    return str(shape.max_tokens)
 
 
 def _cmd_env_args(ns: argparse.Namespace) -> str:
@@ -453,7 +448,7 @@ def _cmd_installed(ns: argparse.Namespace) -> str:
 
 
 def _cmd_resume_split(ns: argparse.Namespace) -> str:
-    lines = resume_split(load_config(ns.config), Path(ns.output_dir), ns.step)
+    lines = resume_split(load_config(ns.config), Path(ns.output_dir), ns.step, ns.config)
     return "\n".join(lines) or "nothing to split"
 
 

@@ -14,10 +14,12 @@ from calibrated_qa.analysis.steps import (
     attribute,
     attribute_eval_rounds,
     attribute_steps,
+    eval_rounds_before,
     group_purity,
     read_orchestrator_eval_rewards,
     read_orchestrator_rewards,
     read_run_shape,
+    run_shape_from_dict,
 )
 from tests.fixtures.analysis.build import Rollout, run, write_project
 
@@ -131,6 +133,17 @@ def test_eval_rounds_follow_prime_rl_cadence(
     assert len(set(expected)) == len(expected)
 
 
+@pytest.mark.parametrize(("interval", "base_model"), [(10, True), (10, False), (3, True)])
+def test_eval_rounds_before_a_resume_follow_prime_rl_cadence(
+    interval: int, base_model: bool
+) -> None:
+    """The rounds resume-split keeps: prime-rl's online rounds of checkpoints < the resume step."""
+    online = prime_rl_eval_rounds(60, interval, base_model)[:-1]
+    for step in range(0, 50):
+        expected = sum(1 for c in online if c < step)
+        assert eval_rounds_before(step, interval, base_model=base_model) == expected, step
+
+
 def test_eval_rounds_without_max_steps_or_final(tmp_path: Path) -> None:
     r = _read(tmp_path, run(n_steps=3))  # 3 rounds of 16
     attribute_eval_rounds(r, 16, 10)
@@ -230,6 +243,18 @@ def test_config_nested_and_top_level(tmp_path: Path) -> None:
     bad.write_text("[orchestrator]\nbatch_size = 0\n")
     with pytest.raises(AnalysisInputError, match="batch_size must be a positive integer"):
         read_run_shape(bad)
+
+
+def test_run_shape_from_dict_applies_prime_rl_eval_defaults() -> None:
+    shape = run_shape_from_dict({"orchestrator": {"eval": {"env": [{"id": "x"}]}}}, "c")
+    assert shape.has_eval and (shape.eval_interval, shape.eval_base_model) == (100, True)
+    assert (shape.eval_size, shape.eval_rollouts_per_example) == (None, 1)
+    env = {"id": "x", "num_examples": 5, "rollouts_per_example": 2}
+    shape = run_shape_from_dict({"orchestrator": {"eval": {"num_examples": 9, "env": [env]}}}, "c")
+    assert shape.eval_size == 10  # a single eval env's values override the table's
+    assert not run_shape_from_dict({"orchestrator": {}}, "c").has_eval
+    with pytest.raises(AnalysisInputError, match="c: eval.interval must be a positive integer"):
+        run_shape_from_dict({"orchestrator": {"eval": {"interval": 0}}}, "c")
 
 
 def test_self_ensemble_groups_by_question_not_adjacent_lines(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -143,18 +144,54 @@ def test_cli_get_and_env_args(capsys: pytest.CaptureFixture[str]) -> None:
     assert "config file not found: /nonexistent.toml" in err
 
 
-def test_eval_rounds_before_a_resumed_step() -> None:
-    from scripts.launch_checks import eval_rounds_before, eval_shape
+def test_eval_rounds_before_a_resumed_step(capsys: pytest.CaptureFixture[str]) -> None:
+    """resume-split counts rounds with steps.py's rule and defaults (no copy in launch_checks)."""
+    from calibrated_qa.analysis.steps import eval_rounds_before
+    from scripts.launch_checks import run_shape
 
     # Base model + every 10 steps: rounds 0 | 0, 10 | 0, 10 before steps 10, 15, 20.
-    assert [eval_rounds_before(s, 10, True) for s in (10, 15, 20)] == [1, 2, 2]
-    assert [eval_rounds_before(s, 10, False) for s in (10, 15, 20)] == [0, 1, 1]
+    assert [eval_rounds_before(s, 10, base_model=True) for s in (10, 15, 20)] == [1, 2, 2]
+    assert [eval_rounds_before(s, 10, base_model=False) for s in (10, 15, 20)] == [0, 1, 1]
     # prime-rl's EvalConfig defaults apply to keys a config leaves out; no table, no eval.
-    shape = eval_shape({"orchestrator": {"eval": {"env": [{"id": "calibrated-qa"}]}}})
-    assert shape == {
-        "interval": 100,
-        "eval_base_model": True,
-        "num_examples": -1,
-        "rollouts_per_example": 1,
-    }
-    assert eval_shape({"orchestrator": {}}) is None
+    shape = run_shape({"orchestrator": {"eval": {"env": [{"id": "calibrated-qa"}]}}}, "c.toml")
+    assert shape.has_eval
+    assert (shape.eval_interval, shape.eval_base_model) == (100, True)
+    assert (shape.eval_size, shape.eval_rollouts_per_example) == (None, 1)  # num_examples = -1
+    assert not run_shape({"orchestrator": {}}, "c.toml").has_eval
+    config = str(REPO / "configs" / "calibrated_qa_gemma2_2b.toml")
+    assert main(["get", config, "has_eval"]) == 0
+    assert main(["get", config, "batch_size"]) == 0
+    assert main(["get", config, "max_steps"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["true", "1024", "50"]
+
+
+def test_invalid_value_is_a_check_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[orchestrator]\nbatch_size = 8\n[orchestrator.eval]\ninterval = 0\n")
+    assert main(["get", str(bad), "has_eval"]) == 1
+    assert main(["resume-split", str(bad), str(tmp_path), "10"]) == 1
+    err = capsys.readouterr().err
+    assert err.count(f"{bad}: eval.interval must be a positive integer, got 0") == 2
+
+
+def test_stdlib_checks_without_calibrated_qa(tmp_path: Path) -> None:
+    """installed and get model work where calibrated_qa cannot be imported at all."""
+    code = (
+        "import sys; sys.modules['calibrated_qa'] = None\n"
+        "from pathlib import Path\n"
+        "from launch_checks import installed_problems, main\n"
+        f"print(installed_problems(Path({str(SOURCE)!r}), Path({str(tmp_path)!r}), []))\n"
+        f"sys.exit(main(['get', {str(REPO / 'configs' / 'calibrated_qa_gemma2_2b.toml')!r}, "
+        "'model']))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO / "scripts",
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    problems, model = done.stdout.splitlines()
+    assert "calibrated_qa is not importable" in problems
+    assert model == "google/gemma-2-2b-it"

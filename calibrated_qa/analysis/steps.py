@@ -34,6 +34,7 @@ import csv
 import os
 import re
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -59,9 +60,21 @@ class RunShape:
     max_tokens: int | None = None
     eval_size: int | None = None  # records per eval round = num_examples x rollouts_per_example
     eval_rollouts_per_example: int | None = None
-    eval_interval: int | None = None
+    eval_interval: int | None = None  # None iff no [orchestrator.eval] (else default 100)
     eval_base_model: bool = True
     max_steps: int | None = None  # training steps of the run (top-level max_steps)
+
+    @property
+    def has_eval(self) -> bool:
+        """The config has an ``[orchestrator.eval]`` table: online eval rounds run."""
+        return self.eval_interval is not None
+
+
+# prime-rl's [orchestrator.eval] defaults at the pinned commit (configs/orchestrator.py EvalConfig).
+EVAL_INTERVAL = 100
+EVAL_BASE_MODEL = True
+EVAL_NUM_EXAMPLES = -1  # the whole eval set: the round size is not in the config
+EVAL_ROLLOUTS_PER_EXAMPLE = 1
 
 
 def _positive(value: Any, name: str, source: str) -> int | None:
@@ -86,18 +99,29 @@ def read_run_shape(path: str | os.PathLike[str]) -> RunShape:
         raise AnalysisInputError(f"{source}: no such config file") from exc
     except tomllib.TOMLDecodeError as exc:
         raise AnalysisInputError(f"{source}: not valid TOML ({exc})") from exc
+    return run_shape_from_dict(config, source)
+
+
+def run_shape_from_dict(config: Mapping[str, Any], source: str) -> RunShape:
+    """``read_run_shape`` of an already parsed config; ``source`` names it in error messages.
+
+    The one reader of these prime-rl keys: prime-rl's eval defaults apply to keys left out, and
+    a single ``[[orchestrator.eval.env]]`` overrides ``num_examples``/``rollouts_per_example``
+    as prime-rl applies them. A value that is not a positive integer raises AnalysisInputError.
+    """
     orch = config.get("orchestrator", config)
     sampling = orch.get("sampling", {})
     rollouts = _positive(orch.get("rollouts_per_example"), "rollouts_per_example", source)
     batch = _positive(orch.get("batch_size"), "batch_size", source)
     eval_cfg = orch.get("eval")
     eval_size = eval_interval = eval_rollouts = None
-    base = True
+    base = EVAL_BASE_MODEL
     if isinstance(eval_cfg, dict):
-        eval_interval = _positive(eval_cfg.get("interval", 100), "eval.interval", source)
-        base = bool(eval_cfg.get("eval_base_model", True))
-        num = eval_cfg.get("num_examples", -1)
-        per = eval_cfg.get("rollouts_per_example", 1)
+        interval = eval_cfg.get("interval", EVAL_INTERVAL)
+        eval_interval = _positive(interval, "eval.interval", source)
+        base = bool(eval_cfg.get("eval_base_model", EVAL_BASE_MODEL))
+        num = eval_cfg.get("num_examples", EVAL_NUM_EXAMPLES)
+        per = eval_cfg.get("rollouts_per_example", EVAL_ROLLOUTS_PER_EXAMPLE)
         envs = eval_cfg.get("env") or [{}]
         if isinstance(envs, list) and len(envs) == 1 and isinstance(envs[0], dict):
             num = envs[0].get("num_examples") or num
@@ -218,6 +242,17 @@ def eval_checkpoints(
         return [(first + k) * interval for k in range(rounds)], None
     online = [c for c in range(0, max_steps - 1, interval) if c > 0 or base_model]
     return online, max_steps - 1
+
+
+def eval_rounds_before(step: int, interval: int, *, base_model: bool = True) -> int:
+    """Online eval rounds of the checkpoints before ``step`` (the ``eval_checkpoints`` < ``step``).
+
+    The eval log records launch_checks.py's ``resume-split`` keeps when a run resumes from
+    checkpoint ``step`` (without ``max_steps``: the resumed run may change it).
+    """
+    enough = max(-(-step // interval), 0)  # labels are interval apart from 0 or interval
+    online, _ = eval_checkpoints(interval, base_model=base_model, rounds=enough)
+    return sum(1 for checkpoint in online if checkpoint < step)
 
 
 def attribute_eval_rounds(
