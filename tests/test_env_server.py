@@ -65,7 +65,7 @@ def client_config(server: FakeOpenAIServer, client_type: str) -> vf.ClientConfig
         client_type=client_type,
         api_base_url=server.base_url,
         api_key_var="CALIBRATED_QA_TEST_NO_KEY",  # unset: the client sends "EMPTY"
-        timeout=30.0,
+        timeout=120.0,  # generous: CI runs this beside other heavy tests
         max_retries=0,
     )
 
@@ -227,7 +227,7 @@ def test_prime_rl_env_server_path(tmp_path: Path, fake_server: FakeOpenAIServer)
     train_outputs, eval_outputs, train_worker_pids = asyncio.run(main())
 
     # the server processes (router and workers) are all gone
-    alive = left_running(processes, timeout=15)
+    alive = left_running(processes, timeout=60)
     assert not alive, f"env server processes left running: {alive}"
     assert len(processes) >= 1 + 2 + 1 + 1
 

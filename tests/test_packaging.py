@@ -20,9 +20,11 @@ PINNED = "0.1.12.dev1"
 pytestmark = pytest.mark.skipif(shutil.which("uv") is None, reason="needs uv on PATH")
 
 
-def uv(*args: str, cwd: Path | None = None) -> str:
+def uv(*args: str) -> str:
+    # From a neutral folder: `uv pip` reads [tool.uv] of a pyproject.toml in its working
+    # directory, and this repository's constraints must not steer the venv under test.
     result = subprocess.run(
-        ["uv", *args], capture_output=True, text=True, cwd=cwd, check=False, timeout=300
+        ["uv", *args], capture_output=True, text=True, cwd="/", check=False, timeout=300
     )
     assert result.returncode == 0, result.stderr
     return result.stdout + result.stderr
@@ -55,7 +57,8 @@ def assert_environment_loads(python: Path) -> None:
             "-c",
             "import calibrated_qa, verifiers as vf; "
             "env = vf.load_environment('calibrated-qa', dataset_name='x'); "
-            "print(calibrated_qa.__file__, calibrated_qa.__version__, type(env).__name__)",
+            "print(calibrated_qa.__file__, calibrated_qa.__version__, "
+            "isinstance(env, vf.SingleTurnEnv))",
         ],
         capture_output=True,
         text=True,
@@ -63,7 +66,7 @@ def assert_environment_loads(python: Path) -> None:
         cwd="/",
     ).stdout
     assert "site-packages/calibrated_qa/__init__.py" in out
-    assert "SingleTurnEnv" in out
+    assert out.split()[-1] == "True"  # a classic vf.SingleTurnEnv
 
 
 def test_the_launch_scripts_install_keeps_the_pinned_verifiers(prime_like_venv: Path) -> None:
@@ -107,3 +110,20 @@ def test_a_naive_requirement_would_upgrade_it(prime_like_venv: Path) -> None:
     """Negative control: the requirement the original recipe used really does move verifiers."""
     plan = uv("pip", "install", "--dry-run", "--python", str(prime_like_venv), "verifiers>=0.1.12")
     assert f"- verifiers=={PINNED}" in plan
+
+
+def test_lock_holds_prime_rl_versions_of_the_verifiers_runtime() -> None:
+    """pyproject pins verifiers' runtime closure to prime-rl 6cae5cc's lock; uv.lock honours it."""
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    constraints = dict(c.split("==") for c in project["tool"]["uv"]["constraint-dependencies"])
+    assert {"verifiers", "openai", "datasets"} <= set(
+        d.split("==")[0] for d in project["project"]["dependencies"] if "==" in d
+    )
+    assert {"pydantic", "numpy", "pyzmq", "msgpack", "anthropic"} <= set(constraints)
+    lock = tomllib.loads((REPO / "uv.lock").read_text())
+    locked = {p["name"]: p["version"] for p in lock["package"]}
+    assert locked["verifiers"] == PINNED
+    for name, version in constraints.items():
+        assert locked[name] == version, f"{name}: locked {locked[name]}, prime-rl locks {version}"
