@@ -11,6 +11,8 @@ from collections.abc import Callable
 from verifiers.clients.client import Client
 from verifiers.types import Response, ResponseMessage, Usage
 
+from calibrated_qa.reward import RolloutScore
+
 
 def user_text(prompt) -> str:
     """The text of the (single) user message of a prompt."""
@@ -83,3 +85,22 @@ class ScriptedClient(Client):
 
     async def close(self) -> None:
         return None
+
+
+def assert_scored_as(output: dict, expected: RolloutScore) -> None:
+    """A rollout output's reward and metrics are exactly the project's score of its completion.
+
+    ``brier`` and ``p_yes`` exist only for parseable rollouts: their metrics are 0 otherwise
+    (see ``CalibrationRubric``).
+    """
+    import pytest
+
+    assert output["reward"] == pytest.approx(expected.reward)
+    metrics = output["metrics"]
+    assert metrics["calibration_reward"] == pytest.approx(expected.calibration_reward)
+    assert metrics["length_penalty"] == pytest.approx(expected.length_penalty)
+    assert metrics["parseable"] == float(expected.parseable)
+    assert metrics["correct"] == float(expected.correct)
+    assert metrics["length"] == pytest.approx(expected.length)
+    assert metrics["brier"] == pytest.approx(expected.brier or 0.0)
+    assert metrics["p_yes"] == pytest.approx(expected.p_yes or 0.0)

@@ -29,6 +29,7 @@ from calibrated_qa.records import validate_record
 from calibrated_qa.reward import score_completion
 from tests.conftest import read_boolq, write_jsonl
 from tests.fake_openai_server import FakeOpenAIServer, default_token_count
+from tests.scripted_client import assert_scored_as
 from tests.test_environment import QUESTIONS, script
 
 ENV_ID = "calibrated-qa"
@@ -113,15 +114,7 @@ def check_output(output: dict, split: str) -> None:
     assert output["info"]["split"] == split
     expected = expected_score(output["info"]["question"], output["completion"][-1]["content"])
     assert output["answer"] == ("true" if QUESTIONS[output["info"]["question"]] else "false")
-    assert output["reward"] == pytest.approx(expected.reward)
-    metrics = output["metrics"]
-    assert metrics["calibration_reward"] == pytest.approx(expected.calibration_reward)
-    assert metrics["length_penalty"] == pytest.approx(expected.length_penalty)
-    assert metrics["parseable"] == float(expected.parseable)
-    assert metrics["correct"] == float(expected.correct)
-    assert metrics["length"] == pytest.approx(expected.length)
-    assert metrics["brier"] == pytest.approx(expected.brier or 0.0)
-    assert metrics["p_yes"] == pytest.approx(expected.p_yes or 0.0)
+    assert_scored_as(output, expected)
 
 
 def check_records(records: list[dict], outputs: list[dict], split: str) -> None:

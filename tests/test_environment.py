@@ -19,7 +19,7 @@ from calibrated_qa.environment import load_environment
 from calibrated_qa.records import LOG_FILE_NAMES, validate_record
 from calibrated_qa.reward import score_completion
 from tests.conftest import read_boolq
-from tests.scripted_client import ScriptedClient
+from tests.scripted_client import ScriptedClient, assert_scored_as
 
 QUESTIONS = {r["question"]: r["answer"] for r in read_boolq(460)}
 
@@ -102,16 +102,7 @@ def test_generate_scores_and_logs_every_rollout(
             length_unit="tokens",
             completion_tokens=token_count(completion) if with_usage else None,
         )
-        assert output["reward"] == pytest.approx(expected.reward)
-        metrics = output["metrics"]
-        assert metrics["calibration_reward"] == pytest.approx(expected.calibration_reward)
-        assert metrics["length_penalty"] == pytest.approx(expected.length_penalty)
-        assert metrics["parseable"] == float(expected.parseable)
-        assert metrics["correct"] == float(expected.correct)
-        assert metrics["length"] == pytest.approx(expected.length)
-        # brier and p_yes exist only for parseable rollouts: 0 otherwise (see CalibrationRubric)
-        assert metrics["brier"] == pytest.approx(expected.brier or 0.0)
-        assert metrics["p_yes"] == pytest.approx(expected.p_yes or 0.0)
+        assert_scored_as(output, expected)
 
         record = by_key[(output["example_id"], completion)]
         assert record["split"] == "train"
