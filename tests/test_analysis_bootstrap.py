@@ -24,6 +24,7 @@ from calibrated_qa.analysis.metrics import (
     weighted_mean,
 )
 from calibrated_qa.analysis.readers import Rollouts
+from tests.fixtures.analysis.build import in_memory_rollouts
 
 
 def make_rollouts(
@@ -39,25 +40,13 @@ def make_rollouts(
     pct = rng.integers(50, 101, n)
     says_yes = rng.random(n) < 0.5
     p = np.where(says_yes, pct / 100, 1 - pct / 100)
-    calib = np.where(ok, 1 - (p - y) ** 2, 0.0)
     length = rng.integers(20, 400, n).astype(float)
-    pen = np.where(length > 300, -(length - 300) / 100, 0.0)
-    return Rollouts(
-        index=np.arange(n),
-        file=np.zeros(n, int),
-        line=np.arange(1, n + 1),
-        step=np.zeros(n, int),
-        question=question if identity else np.full(n, -1),
+    return in_memory_rollouts(
         y=y,
-        parseable=ok,
-        correct=ok & (says_yes == y),
         p_yes=np.where(ok, p, np.nan),
-        confidence=np.where(ok, pct / 100, np.nan),
-        reward=calib + pen,
-        calibration_reward=calib,
-        length_penalty=pen,
+        length_penalty=np.where(length > 300, -(length - 300) / 100, 0.0),
         length=length,
-        fmt="project",
+        question=question if identity else np.full(n, -1),
     )
 
 

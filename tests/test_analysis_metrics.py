@@ -21,6 +21,7 @@ from calibrated_qa.analysis.metrics import (
     rollout_metrics,
 )
 from calibrated_qa.analysis.readers import Rollouts
+from tests.fixtures.analysis.build import in_memory_rollouts
 
 RNG = np.random.default_rng(1234)
 
@@ -137,30 +138,15 @@ def test_unparseable_rollouts_count_in_parse_rate_and_accuracy_only() -> None:
 
 
 def _rollouts(rows: list[tuple[bool, int | None, bool, float, int]]) -> Rollouts:
-    n = len(rows)
-    y = np.array([r[0] for r in rows])
-    ok = np.array([r[1] is not None for r in rows])
+    """(truth, pct or None, says YES, length penalty, question) per rollout."""
     pct = np.array([np.nan if r[1] is None else r[1] for r in rows], dtype=float)
     says_yes = np.array([r[2] for r in rows])
-    p = np.where(says_yes, pct / 100, 1 - pct / 100)
-    calib = np.where(ok, 1 - (p - y) ** 2, 0.0)
-    pen = np.array([r[3] for r in rows])
-    return Rollouts(
-        index=np.arange(n),
-        file=np.zeros(n, int),
-        line=np.arange(1, n + 1),
-        step=np.zeros(n, int),
+    return in_memory_rollouts(
+        y=np.array([r[0] for r in rows]),
+        p_yes=np.where(says_yes, pct / 100, 1 - pct / 100),
+        length_penalty=np.array([r[3] for r in rows]),
+        length=np.full(len(rows), 50.0),
         question=np.array([r[4] for r in rows]),
-        y=y,
-        parseable=ok,
-        correct=ok & (says_yes == y),
-        p_yes=np.where(ok, p, np.nan),
-        confidence=np.where(ok, pct / 100, np.nan),
-        reward=calib + pen,
-        calibration_reward=calib,
-        length_penalty=pen,
-        length=np.full(n, 50.0),
-        fmt="project",
     )
 
 
