@@ -60,33 +60,31 @@ def expected(rows: list[tuple[bool, str | None, int]]) -> dict[str, float]:
     }
 
 
-def test_comparison_table_matches_known_metrics(tmp_path: Path) -> None:
-    base = write_project(tmp_path / "base.jsonl", rollouts(BASE))
-    trained = write_original(tmp_path / "trained.jsonl.gz", rollouts(TRAINED), gz=True)
-    out = tmp_path / "cmp"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "analyze_calibration.py",
-            "--quiet",
-            "--compare",
-            f"base={base}",
-            f"trained={trained}",
-            "--out",
-            str(out),
-            "--bootstrap",
-            "200",
-        ],
+def compare_cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "analyze_calibration.py", "--quiet", *map(str, args)],
         capture_output=True,
         text=True,
         cwd=REPO,
         timeout=120,
     )
+
+
+def comparison_table(out: Path) -> dict[str, dict[str, str]]:
+    """comparison.csv as {label: row}."""
+    rows = csv.DictReader((out / "comparison.csv").read_text().splitlines())
+    return {row["label"]: row for row in rows}
+
+
+def test_comparison_table_matches_known_metrics(tmp_path: Path) -> None:
+    base = write_project(tmp_path / "base.jsonl", rollouts(BASE))
+    trained = write_original(tmp_path / "trained.jsonl.gz", rollouts(TRAINED), gz=True)
+    out = tmp_path / "cmp"
+    done = compare_cli(
+        "--compare", f"base={base}", f"trained={trained}", "--out", out, "--bootstrap", "200"
+    )
     assert done.returncode == 0, done.stderr
-    table = {
-        row["label"]: row
-        for row in csv.DictReader((out / "comparison.csv").read_text().splitlines())
-    }
+    table = comparison_table(out)
     for label, rows in (("base", BASE), ("trained", TRAINED)):
         for name, value in expected(rows).items():
             assert float(table[label][name]) == pytest.approx(value, abs=1e-5), (label, name)
@@ -103,35 +101,23 @@ def test_compare_step_of_an_online_eval_log_and_csv(tmp_path: Path) -> None:
     log = write_project(tmp_path / "eval.jsonl", rollouts(BASE) + rollouts(TRAINED))
     csv_log = write_csv(tmp_path / "c.csv", rollouts(BASE), batch_size=12)
     out = tmp_path / "cmp"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "analyze_calibration.py",
-            "--quiet",
-            "--compare",
-            f"base={log}@0",
-            f"trained={log}@10",
-            f"csv={csv_log}",
-            "--eval-size",
-            "12",
-            "--eval-interval",
-            "10",
-            "--out",
-            str(out),
-            "--no-plots",
-            "--bootstrap",
-            "50",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=120,
+    done = compare_cli(
+        "--compare",
+        f"base={log}@0",
+        f"trained={log}@10",
+        f"csv={csv_log}",
+        "--eval-size",
+        "12",
+        "--eval-interval",
+        "10",
+        "--out",
+        out,
+        "--no-plots",
+        "--bootstrap",
+        "50",
     )
     assert done.returncode == 0, done.stderr
-    table = {
-        row["label"]: row
-        for row in csv.DictReader((out / "comparison.csv").read_text().splitlines())
-    }
+    table = comparison_table(out)
     assert float(table["trained"]["auroc"]) == pytest.approx(expected(TRAINED)["auroc"])
     assert float(table["base"]["accuracy"]) == pytest.approx(float(table["csv"]["accuracy"]))
     assert table["csv"]["bootstrap_unit"].startswith("rollouts")
@@ -147,16 +133,6 @@ def test_bad_compare_specs() -> None:
         parse_spec("just-a-path")
     with pytest.raises(AnalysisInputError, match="step number"):
         parse_spec("a=x@last")
-
-
-def compare_cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "analyze_calibration.py", "--quiet", *map(str, args)],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=120,
-    )
 
 
 def three_rounds(tmp_path: Path) -> Path:
@@ -188,9 +164,7 @@ def test_several_rounds_without_a_selector_are_an_error(tmp_path: Path) -> None:
         "--max-steps", "12", "--out", out, "--no-plots", "--bootstrap", "50",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    table = {
-        r["label"]: r for r in csv.DictReader((out / "comparison.csv").read_text().splitlines())
-    }
+    table = comparison_table(out)
     assert table["trained"]["path"].endswith("@final") and table["trained"]["n"] == "4"
     assert float(table["trained"]["mean_p_yes"]) == pytest.approx(0.8)  # the third round
     assert table["all"]["n"] == "12"
@@ -214,9 +188,7 @@ def test_paired_delta_on_a_hand_constructed_case(tmp_path: Path) -> None:
         "--out", out, "--no-plots", "--bootstrap", "1000",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    table = {
-        r["label"]: r for r in csv.DictReader((out / "comparison.csv").read_text().splitlines())
-    }
+    table = comparison_table(out)
     row = table["trained"]
     assert float(row["delta_accuracy"]) == pytest.approx(0.1)
     assert float(row["delta_accuracy_low"]) == 0.0
@@ -250,9 +222,7 @@ def test_run_training_syntax_with_the_reference_config(tmp_path: Path) -> None:
         "--bootstrap", "50",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    table = {
-        r["label"]: r for r in csv.DictReader((out / "comparison.csv").read_text().splitlines())
-    }
+    table = comparison_table(out)
     assert float(table["base"]["mean_p_yes"]) == pytest.approx(0.51)
     assert float(table["trained"]["mean_p_yes"]) == pytest.approx(0.91)
     assert "final (checkpoint 49)" in (out / "comparison.md").read_text()
