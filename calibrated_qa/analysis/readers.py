@@ -48,7 +48,6 @@ from calibrated_qa.records import RecordError, validate_record
 from calibrated_qa.reward import answer_confidence, is_correct
 
 Format = Literal["project", "original-log", "original-csv"]
-FORMATS: tuple[Format, ...] = ("project", "original-log", "original-csv")
 GZIP_MAGIC = b"\x1f\x8b"
 ORIGINAL_LOG_FIELDS = (
     "full_prompt",
