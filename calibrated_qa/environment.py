@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 from typing import Any
 
 import verifiers as vf
@@ -188,9 +189,8 @@ class CalibrationRubric(vf.Rubric):
         Only rollouts prime-rl trains on are logged: not a failed attempt (``state["error"]``,
         which prime-rl re-runs), not an overlong prompt, not an unscored rollout.
         """
-        if self.log is None or _SCORE_KEY not in state or state.get("error") is not None:
-            return
-        if state.get("prompt_too_long"):
+        logged = _SCORE_KEY in state and state.get("error") is None
+        if self.log is None or not logged or state.get("prompt_too_long"):
             return
         try:
             info = state.get("info") or {}
@@ -206,7 +206,7 @@ class CalibrationRubric(vf.Rubric):
                 max_tokens=self.max_tokens,
             )
         except Exception as exc:  # a log problem must not fail the rollout
-            print(f"[calibrated_qa] could not build a log record: {exc!r}", flush=True)
+            print(f"[calibrated_qa] could not build a log record: {exc!r}", file=sys.stderr)
             return
         # flock + write off the event loop: a worker's other rollouts go on meanwhile.
         await asyncio.to_thread(self.log.append, record)
