@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,32 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 BOOLQ_VALIDATION = REPO / "data" / "boolq" / "validation.jsonl"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
+PRIME_RL_PIN = "6cae5cca734d0063951efaf700ca9e4bc39c8677"
+
+
+def git_dir_from_env(var: str, what: str) -> Path:
+    """A git dir (clone or bare) named by the environment variable ``var``, else skip the test.
+
+    The repository ships no copy of prime-rl; tests that read its source or validate configs
+    against its classes run where a developer points ``var`` at one.
+    """
+    value = os.environ.get(var)
+    if not value:
+        pytest.skip(f"set {var} to a git dir of {what} to run this test")
+    path = Path(value)
+    assert path.exists(), f"{var}={value} does not exist"
+    return path
+
+
+def pinned_prime_rl_source(path: str) -> str:
+    """The text of ``path`` (e.g. ``src/prime_rl/orchestrator/eval_utils.py``) at the pin."""
+    git = git_dir_from_env("PRIME_RL_GIT", "PrimeIntellect-ai/prime-rl")
+    return subprocess.run(
+        ["git", "-C", str(git), "show", f"{PRIME_RL_PIN}:{path}"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
 
 
 def read_boolq(n: int | None = None, start: int = 0) -> list[dict]:

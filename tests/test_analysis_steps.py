@@ -21,6 +21,7 @@ from calibrated_qa.analysis.steps import (
     read_run_shape,
     run_shape_from_dict,
 )
+from tests.conftest import pinned_prime_rl_source
 from tests.fixtures.analysis.build import Rollout, run, write_project
 
 REPO = Path(__file__).resolve().parent.parent
@@ -96,10 +97,7 @@ def prime_rl_eval_rounds(max_steps: int, interval: int, base_model: bool) -> lis
 
 
 def test_simulation_copy_matches_the_pinned_prime_rl() -> None:
-    source = Path("/work/ref/prime-rl/src/prime_rl/orchestrator/eval_utils.py")
-    if not source.is_file():
-        pytest.skip("pinned prime-rl checkout not present")
-    text = source.read_text()
+    text = pinned_prime_rl_source("src/prime_rl/orchestrator/eval_utils.py")
     body = text[text.index("    if ckpt_step <= prev_ckpt_step:") : text.index("    return None\n")]
     import inspect
 
@@ -253,7 +251,9 @@ def test_run_shape_from_dict_applies_prime_rl_eval_defaults() -> None:
     shape = run_shape_from_dict({"orchestrator": {"eval": {"num_examples": 9, "env": [env]}}}, "c")
     assert shape.eval_size == 10  # a single eval env's values override the table's
     assert not run_shape_from_dict({"orchestrator": {}}, "c").has_eval
-    with pytest.raises(AnalysisInputError, match="c: eval.interval must be a positive integer"):
+    with pytest.raises(
+        AnalysisInputError, match=r"c: \[orchestrator.eval\] interval must be a positive integer"
+    ):
         run_shape_from_dict({"orchestrator": {"eval": {"interval": 0}}}, "c")
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from calibrated_qa.environment import load_environment
 from scripts.launch_checks import config_problems, required_gpus, train_env_args
+from tests.conftest import git_dir_from_env
 
 REPO = Path(__file__).resolve().parent.parent
 MAIN = REPO / "configs" / "calibrated_qa_gemma2_2b.toml"
@@ -106,33 +107,27 @@ def test_checker_rejects_inconsistent_configs() -> None:
     assert "has no [[orchestrator.eval.env]]" in problems(c)
 
 
-# prime-rl and pydantic_config git dirs (a clone or a bare git dir each) and the shared checker;
-# the environment variables override the locations of this workspace.
-PRIME_RL_GIT = Path(
-    os.environ.get("PRIME_RL_GIT") or "/work/.mirror/PrimeIntellect-ai+prime-rl/repo"
-)
-PYDANTIC_CONFIG_GIT = Path(
-    os.environ.get("PYDANTIC_CONFIG_GIT") or "/work/.mirror/samsja+pydantic_config/repo"
-)
-CHECKER = Path(
-    os.environ.get("CHECK_PRIME_RL_CONFIG") or "/work/shared/tools/check_prime_rl_config.sh"
-)
+CHECKER = REPO / "scripts" / "check_prime_rl_config.sh"
+
+
+def check_with_prime_rl(*configs: Path) -> str:
+    """``scripts/check_prime_rl_config.sh`` on ``configs``: prime-rl's own RLConfig at the pin.
+
+    Needs git dirs of prime-rl and samsja/pydantic_config (``PRIME_RL_GIT``,
+    ``PYDANTIC_CONFIG_GIT``) and PyPI; skipped where they are not given.
+    """
+    gits = {
+        "PRIME_RL_GIT": git_dir_from_env("PRIME_RL_GIT", "PrimeIntellect-ai/prime-rl"),
+        "PYDANTIC_CONFIG_GIT": git_dir_from_env("PYDANTIC_CONFIG_GIT", "samsja/pydantic_config"),
+    }
+    env = {**os.environ, **{name: str(path) for name, path in gits.items()}}
+    result = subprocess.run(
+        ["bash", str(CHECKER), *map(str, configs)], env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("OK ") == len(configs), result.stdout
+    return result.stdout
 
 
 def test_valid_for_pinned_prime_rl() -> None:
-    gits = {"PRIME_RL_GIT": PRIME_RL_GIT, "PYDANTIC_CONFIG_GIT": PYDANTIC_CONFIG_GIT}
-    if not any(path.exists() for path in gits.values()):
-        pytest.skip(
-            f"prime-rl's RLConfig not available: neither PRIME_RL_GIT ({PRIME_RL_GIT}) nor "
-            f"PYDANTIC_CONFIG_GIT ({PYDANTIC_CONFIG_GIT}) exists; set both to git dirs of "
-            "PrimeIntellect-ai/prime-rl and samsja/pydantic_config to validate the configs"
-        )
-    missing = [f"{name}={path}" for name, path in gits.items() if not path.exists()]
-    assert not missing, f"set to a git dir of the repository: {', '.join(missing)} not found"
-    assert CHECKER.exists(), f"config checker not found: {CHECKER} (set CHECK_PRIME_RL_CONFIG)"
-    env = {**os.environ, **{name: str(path) for name, path in gits.items()}}
-    result = subprocess.run(
-        ["bash", str(CHECKER), *map(str, CONFIGS)], env=env, capture_output=True, text=True
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count("OK ") == len(CONFIGS)
+    check_with_prime_rl(*CONFIGS)

@@ -33,7 +33,6 @@ from __future__ import annotations
 import csv
 import os
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -43,6 +42,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from calibrated_qa.analysis.readers import AnalysisInputError, Rollouts
+from calibrated_qa.run_config import RunConfig, RunConfigError, parse_run_config, read_run_config
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 # prime-rl 6cae5cc, orchestrator.py: "Step {n} | Time: {t:.2f}s | Reward: {r:.4f} |..."
@@ -70,75 +70,37 @@ class RunShape:
         return self.eval_interval is not None
 
 
-# prime-rl's [orchestrator.eval] defaults at the pinned commit (configs/orchestrator.py EvalConfig).
-EVAL_INTERVAL = 100
-EVAL_BASE_MODEL = True
-EVAL_NUM_EXAMPLES = -1  # the whole eval set: the round size is not in the config
-EVAL_ROLLOUTS_PER_EXAMPLE = 1
-
-
-def _positive(value: Any, name: str, source: str) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise AnalysisInputError(f"{source}: {name} must be a positive integer, got {value!r}")
-    return value
-
-
 def read_run_shape(path: str | os.PathLike[str]) -> RunShape:
     """Batch size, rollouts per example, max_tokens and eval cadence from a prime-rl TOML config.
 
-    Accepts the combined ``rl`` config (``[orchestrator]``, ``[orchestrator.sampling]``,
-    ``[orchestrator.eval]``) and a bare orchestrator config (the same keys at top level).
+    Accepts the combined ``rl`` config and a bare orchestrator config; the keys are read by
+    ``calibrated_qa.run_config``, the one reader of a run config.
     """
-    source = str(path)
     try:
-        with open(path, "rb") as f:
-            config = tomllib.load(f)
-    except FileNotFoundError as exc:
-        raise AnalysisInputError(f"{source}: no such config file") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise AnalysisInputError(f"{source}: not valid TOML ({exc})") from exc
-    return run_shape_from_dict(config, source)
+        return _shape(read_run_config(path))
+    except RunConfigError as exc:
+        raise AnalysisInputError(str(exc)) from None
 
 
 def run_shape_from_dict(config: Mapping[str, Any], source: str) -> RunShape:
-    """``read_run_shape`` of an already parsed config; ``source`` names it in error messages.
+    """``read_run_shape`` of an already parsed config; ``source`` names it in error messages."""
+    try:
+        return _shape(parse_run_config(config, source))
+    except RunConfigError as exc:
+        raise AnalysisInputError(str(exc)) from None
 
-    The one reader of these prime-rl keys: prime-rl's eval defaults apply to keys left out, and
-    a single ``[[orchestrator.eval.env]]`` overrides ``num_examples``/``rollouts_per_example``
-    as prime-rl applies them. A value that is not a positive integer raises AnalysisInputError.
-    """
-    orch = config.get("orchestrator", config)
-    sampling = orch.get("sampling", {})
-    rollouts = _positive(orch.get("rollouts_per_example"), "rollouts_per_example", source)
-    batch = _positive(orch.get("batch_size"), "batch_size", source)
-    eval_cfg = orch.get("eval")
-    eval_size = eval_interval = eval_rollouts = None
-    base = EVAL_BASE_MODEL
-    if isinstance(eval_cfg, dict):
-        interval = eval_cfg.get("interval", EVAL_INTERVAL)
-        eval_interval = _positive(interval, "eval.interval", source)
-        base = bool(eval_cfg.get("eval_base_model", EVAL_BASE_MODEL))
-        num = eval_cfg.get("num_examples", EVAL_NUM_EXAMPLES)
-        per = eval_cfg.get("rollouts_per_example", EVAL_ROLLOUTS_PER_EXAMPLE)
-        envs = eval_cfg.get("env") or [{}]
-        if isinstance(envs, list) and len(envs) == 1 and isinstance(envs[0], dict):
-            num = envs[0].get("num_examples") or num
-            per = envs[0].get("rollouts_per_example") or per
-        eval_rollouts = _positive(per, "eval.rollouts_per_example", source)
-        if isinstance(num, int) and num > 0:
-            eval_size = num * eval_rollouts
-    max_steps = config.get("max_steps", orch.get("max_steps"))
+
+def _shape(config: RunConfig) -> RunShape:
+    schedule = config.eval
     return RunShape(
-        max_steps=_positive(max_steps, "max_steps", source),
-        batch_size=batch,
-        rollouts_per_example=rollouts,
-        max_tokens=_positive(sampling.get("max_tokens"), "sampling.max_tokens", source),
-        eval_size=eval_size,
-        eval_rollouts_per_example=eval_rollouts,
-        eval_interval=eval_interval,
-        eval_base_model=base,
+        max_steps=config.max_steps,
+        batch_size=config.batch_size,
+        rollouts_per_example=config.rollouts_per_example,
+        max_tokens=config.max_tokens,
+        eval_size=schedule.round_size if schedule else None,
+        eval_rollouts_per_example=schedule.rollouts_per_example if schedule else None,
+        eval_interval=schedule.interval if schedule else None,
+        eval_base_model=schedule.base_model if schedule else True,
     )
 
 
