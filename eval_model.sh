@@ -29,7 +29,8 @@ Options:
   --config FILE            training config whose environment arguments and max_tokens are used
                            (default: configs/calibrated_qa_gemma2_2b.toml)
   --hf-token-file FILE     Hugging Face token for gated hub models (default: HF_TOKEN or login)
-  --prime-rl-dir DIR       prime-rl checkout (default: \$PRIME_RL_DIR or \$HOME/prime-rl)
+  --prime-rl-dir DIR       prime-rl checkout (default: \$PRIME_RL_DIR or ROOT/prime-rl, ROOT as
+                           in run_training.sh --help)
   -h, --help               this help
 
 Environment: EVAL_SERVER_TIMEOUT (seconds to wait for vLLM, default 900).
@@ -45,7 +46,7 @@ PORT=8011
 GPU=0
 CONFIG=$REPO_DIR/configs/calibrated_qa_gemma2_2b.toml
 TOKEN_FILE=
-PRIME_RL_DIR=${PRIME_RL_DIR:-$HOME/prime-rl}
+PRIME_RL_DIR=${PRIME_RL_DIR:-}
 TIMEOUT=${EVAL_SERVER_TIMEOUT:-900}
 IDLE_MIB=1024
 
@@ -74,6 +75,8 @@ if ! [[ $PORT =~ ^[1-9][0-9]{0,4}$ ]] || ((PORT > 65535)); then die "--port must
 [[ $GPU =~ ^[0-9]+$ ]] || die "--gpu must be a GPU index"
 [[ -f $CONFIG ]] || die "config not found: $CONFIG"
 [[ $OUT == /* ]] || OUT=$PWD/$OUT
+use_work_root
+PRIME_RL_DIR=${PRIME_RL_DIR:-$WORK_ROOT/prime-rl}
 
 VENV=$PRIME_RL_DIR/.venv
 [[ -x $VENV/bin/python && -x $VENV/bin/vllm && -x $VENV/bin/vf-eval ]] ||

@@ -18,16 +18,24 @@ Installs prime-rl at a pinned commit and this checkout's calibrated-qa environme
   5. calibrated-qa installed into DIR/.venv with uv pip install (never uv sync), then verified
   6. this checkout's own venv for the analysis (uv sync --locked --no-dev --inexact; skipped
      when already in sync), so that the analysis after training cannot fail on a missing venv
-Prints the versions it ends with. Re-running it does no step twice.
+Prints the versions it ends with. Re-running it does no step twice. Before installing, checks
+that the file system of DIR has SETUP_NEED_GB (default 60) GB free: prime-rl's venv and uv's
+cache (torch, vLLM: about 30 GB together, estimated) plus the model (5 GB).
+
+Where it goes: \$CQA_ROOT if set, else the large volume \$CQA_VOLUME (default /workspace,
+RunPod's) when it is mounted on another file system than \$HOME, else \$HOME. There go
+prime-rl (ROOT/prime-rl), uv's cache and the Hugging Face hub cache (unless UV_CACHE_DIR,
+HF_HOME or HF_HUB_CACHE are set); run_training.sh resolves the same ROOT for the outputs.
 
 Options:
-  --prime-rl-dir DIR   where prime-rl goes (default: \$PRIME_RL_DIR or \$HOME/prime-rl)
+  --prime-rl-dir DIR   where prime-rl goes (default: \$PRIME_RL_DIR or ROOT/prime-rl)
   --commit SHA         prime-rl commit (default: \$PRIME_RL_COMMIT or the pin $PRIME_RL_PIN)
   -h, --help           this help
 EOF
 }
 
-PRIME_RL_DIR=${PRIME_RL_DIR:-$HOME/prime-rl}
+PRIME_RL_DIR=${PRIME_RL_DIR:-}
+SETUP_NEED_GB=${SETUP_NEED_GB:-60}
 COMMIT=${PRIME_RL_COMMIT:-$PRIME_RL_PIN}
 while [[ $# -gt 0 ]]; do
   case $1 in
@@ -37,6 +45,20 @@ while [[ $# -gt 0 ]]; do
     *) usage >&2; die "unknown argument: $1" ;;
   esac
 done
+
+use_work_root
+PRIME_RL_DIR=${PRIME_RL_DIR:-$WORK_ROOT/prime-rl}
+say "Installing into $WORK_ROOT (prime-rl: $PRIME_RL_DIR)"
+if ! (cd "$PRIME_RL_DIR" 2>/dev/null && [[ -x .venv/bin/python ]]); then
+  DISK_PATH=$PRIME_RL_DIR
+  while [[ ! -e $DISK_PATH ]]; do DISK_PATH=$(dirname "$DISK_PATH"); done
+  FREE_KB=$(df -Pk "$DISK_PATH" | awk 'NR == 2 {print $4}')
+  [[ $FREE_KB =~ ^[0-9]+$ ]] || die "could not read free disk space of $DISK_PATH from df"
+  FREE_GB=$((FREE_KB * 1024 / 1000000000))
+  ((FREE_GB >= SETUP_NEED_GB)) || die "only $FREE_GB GB free at $DISK_PATH, setup needs $SETUP_NEED_GB GB" \
+    "mount a larger volume (CQA_VOLUME, default /workspace) or set CQA_ROOT / --prime-rl-dir"
+  echo "disk: $FREE_GB GB free at $DISK_PATH"
+fi
 
 say "[1/6] uv $UV_PIN"
 ensure_uv
@@ -100,4 +122,4 @@ from importlib.metadata import version
 for name in ("torch", "vllm", "transformers", "verifiers"):
     print(f"{name + ':':15}{version(name)}")
 PY
-say "Setup complete. Next: bash run_training.sh --dry-run"
+say "Setup complete. Next: bash run_training.sh --smoke (about 10 minutes), then the full run"

@@ -70,6 +70,13 @@ class EvalSchedule:
         """Records per round, or None for the whole eval set (size known only from the log)."""
         return self.num_examples * self.rollouts_per_example if self.num_examples > 0 else None
 
+    def rounds_before(self, step: int) -> int:
+        """Online rounds of the checkpoints before ``step``: 0 (the base model, when evaluated),
+        interval, 2 x interval, ... (``orchestrator/eval_utils.compute_eval_ckpt_step``). They
+        finished before checkpoint ``step`` was written: what a resume at ``step`` keeps."""
+        rounds = -(-step // self.interval) if step > 0 else 0  # multiples of interval < step
+        return rounds if self.base_model else max(rounds - 1, 0)
+
 
 @dataclass(frozen=True)
 class RunConfig:

@@ -107,3 +107,29 @@ gpu_table() {
     printf '%s\n' "$rows"
   fi
 }
+
+# mount_of PATH: the mount point of the file system holding PATH (df's last column).
+mount_of() {
+  df -Pk "$1" 2>/dev/null | awk 'NR == 2 {print $NF}'
+}
+
+# use_work_root: sets WORK_ROOT, where prime-rl, the Hugging Face cache and run outputs go.
+# $CQA_ROOT if set; else the large volume $CQA_VOLUME (default /workspace, RunPod's) when it is
+# a folder on another file system than $HOME (the container disk is small and lost on restart);
+# else $HOME. On that volume, the Hugging Face hub cache and uv's cache go there too, unless
+# HF_HOME / HF_HUB_CACHE / UV_CACHE_DIR are set (the token stays where `hf auth login` put it).
+use_work_root() {
+  local volume=${CQA_VOLUME:-/workspace}
+  if [[ -n ${CQA_ROOT:-} ]]; then
+    WORK_ROOT=$CQA_ROOT
+  elif [[ -d $volume && $(mount_of "$volume") != "$(mount_of "$HOME")" ]]; then
+    WORK_ROOT=$volume
+  else
+    WORK_ROOT=$HOME
+  fi
+  if [[ $WORK_ROOT != "$HOME" ]]; then
+    [[ -n ${HF_HOME:-} || -n ${HF_HUB_CACHE:-} ]] || export HF_HUB_CACHE=$WORK_ROOT/.cache/huggingface/hub
+    [[ -n ${UV_CACHE_DIR:-} ]] || export UV_CACHE_DIR=$WORK_ROOT/.cache/uv
+  fi
+  export WORK_ROOT
+}

@@ -1,35 +1,51 @@
-"""Checks run_training.sh and eval_model.sh make before spending GPU time.
+"""Checks run_training.sh and eval_model.sh make before spending GPU time, and the run-state steps.
 
-Runs with the Python of prime-rl's venv (3.12, where calibrated-qa is installed). ``installed``
-and ``hf-access`` need only the standard library, ``packaging`` and ``huggingface_hub``, so they
-work where calibrated_qa is missing or stale; ``get`` and ``resume-split`` read the config through
-``calibrated_qa.analysis.steps`` (the one definition of prime-rl's eval defaults and rounds;
-numpy only), imported inside the functions that need it. Every subcommand prints what it found; a
-failed check exits non-zero with the reason on stderr.
+Runs with the Python of prime-rl's venv (3.12), after run_training.sh has installed this
+checkout's calibrated-qa there (``installed`` runs before that is verified, with the standard
+library and ``packaging`` only). The config is read by ``calibrated_qa.run_config``; the output
+directory's state by ``run_state.py``; the disk need by ``disk_need.py`` (both beside this file).
+Nothing here imports the analysis. Every subcommand prints what it found; a failed check exits 1
+with the reason on stderr, and never prints a secret.
 
-    launch_checks.py config CONFIG          config consistent with the environment
-    launch_checks.py get CONFIG KEY         one value (see `get --help`)
-    launch_checks.py env-args CONFIG [--log-dir DIR]   training env args as JSON
-    launch_checks.py hf-access MODEL        the Hugging Face token can read MODEL (gated)
-    launch_checks.py installed --source DIR the environment is installed from DIR, unshadowed
-    launch_checks.py resume-split CONFIG DIR STEP   before --resume: keep logs of steps < STEP
+    config CONFIG               config consistent with load_environment, then its summary
+    get CONFIG KEY              one value (model, required_gpus, has_eval, max_steps, port, ...)
+    env-args CONFIG [--log-dir DIR]   the training environment's args as JSON
+    installed --source DIR      the environment is installed from DIR, unshadowed
+    cuda N                      torch in this venv sees N CUDA devices
+    port PORT                   nothing listens on PORT (prime-rl's inference server)
+    hf-access MODEL             the Hugging Face token can read MODEL (gated)
+    prefetch MODEL DATASET      model and BoolQ into the Hugging Face cache; prints the model dir
+    disk-need CONFIG MODEL_DIR  the peak disk the run needs (GB, formula in disk_need.py)
+    wandb                       W&B accepts the API key (WANDB_API_KEY or ~/.netrc)
+    fresh DIR [--move-aside]    no earlier run's state in DIR (or move it aside)
+    resume-step DIR             the step both sides can resume from
+    prepare-resume CONFIG DIR STEP   move aside what is newer than STEP; split the logs
+    prune-broadcasts DIR --parent PID   delete broadcasts no resume needs, until PID exits
+    smoke-report CONFIG DIR RESULTS   per-step times, measured sizes, one line per check
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import importlib.machinery
 import importlib.metadata
 import inspect
 import json
+import netrc
+import os
+import socket
 import sys
 import sysconfig
 import tomllib
+import urllib.error
+import urllib.request
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from calibrated_qa.analysis.steps import RunShape
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import disk_need
+import run_state
 
 ENV_ID = "calibrated-qa"
 PACKAGE = "calibrated_qa"
@@ -43,98 +59,60 @@ class CheckError(Exception):
 # --------------------------------------------------------------------------- config
 
 
-def load_config(path: str | Path) -> dict[str, Any]:
+def read_config(path: str | Path) -> Any:
+    from calibrated_qa.run_config import RunConfigError, read_run_config
+
     try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
-    except FileNotFoundError:
-        raise CheckError(f"config file not found: {path}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise CheckError(f"{path} is not valid TOML: {exc}") from None
+        return read_run_config(path)
+    except RunConfigError as exc:
+        raise CheckError(str(exc)) from None
 
 
-def _env_id(env: dict[str, Any]) -> str:
-    return str(env.get("id", "")).split("@")[0]
+def config_problems(config: Any, load_environment: Any) -> list[str]:
+    """Everything in ``config`` (a ``RunConfig``) that disagrees with the environment or itself.
 
-
-def required_gpus(config: dict[str, Any]) -> int:
-    """GPUs a single-node run uses: prime-rl's [deployment] defaults are 1 inference + 1 trainer."""
-    deployment = config.get("deployment", {})
-    if config.get("inference") is None:
-        return int(deployment.get("num_train_gpus", 1))
-    return (
-        int(deployment.get("num_infer_gpus", 1))
-        + int(deployment.get("num_train_gpus", 1))
-        + int(deployment.get("num_teacher_gpus") or 0)
-    )
-
-
-def model_name(config: dict[str, Any]) -> str:
-    name = config.get("model", {}).get("name")
-    if not name:
-        raise CheckError("the config sets no [model] name")
-    return name
-
-
-def train_env_args(config: dict[str, Any]) -> dict[str, Any]:
-    envs = [e for e in config.get("orchestrator", {}).get("env", []) if _env_id(e) == ENV_ID]
-    if len(envs) != 1:
-        raise CheckError(f"expected exactly one [[orchestrator.env]] with id = {ENV_ID!r}")
-    return dict(envs[0].get("args", {}))
-
-
-def config_problems(config: dict[str, Any], load_environment: Any) -> list[str]:
-    """Everything in ``config`` that disagrees with the environment or with itself.
-
-    ``load_environment`` is the environment's entry point: its signature decides which
-    arguments exist and what the defaults are (``max_tokens`` left out means its default).
+    ``load_environment``'s signature decides which arguments exist and what the defaults are
+    (``max_tokens`` left out means its default); the sampler's ``max_tokens`` must equal the
+    environment's M (the environment refuses a mismatch at its first rollout; this finds it
+    before the GPUs start).
     """
     problems: list[str] = []
     signature = inspect.signature(load_environment)
-    orch = config.get("orchestrator", {})
-
-    batch_size = orch.get("batch_size")
-    rollouts = orch.get("rollouts_per_example")
-    if not isinstance(batch_size, int) or not isinstance(rollouts, int):
+    batch, rollouts = config.batch_size, config.rollouts_per_example
+    if batch is None or rollouts is None:
         problems.append("set [orchestrator] batch_size and rollouts_per_example explicitly")
-    elif rollouts <= 0 or batch_size % rollouts != 0:
+    elif batch % rollouts:
         problems.append(
-            f"[orchestrator] batch_size ({batch_size}) is total rollouts per step and must be a "
+            f"[orchestrator] batch_size ({batch}) is total rollouts per step and must be a "
             f"multiple of rollouts_per_example ({rollouts})"
         )
-
-    eval_cfg = orch.get("eval")
-    groups = [("orchestrator.env", orch.get("env", []), orch.get("sampling", {}))]
-    if eval_cfg is not None:
-        eval_envs = eval_cfg.get("env", [])
-        groups.append(("orchestrator.eval.env", eval_envs, eval_cfg.get("sampling", {})))
-
-    if eval_cfg is not None and not eval_cfg.get("env"):
-        problems.append(
-            "[orchestrator.eval] has no [[orchestrator.eval.env]]: prime-rl would evaluate its "
-            "default environment"
-        )
-    if not any(_env_id(e) == ENV_ID for e in orch.get("env", [])):
+    groups = [("orchestrator.env", config.envs, config.max_tokens)]
+    if config.eval is not None:
+        groups.append(("orchestrator.eval.env", config.eval.envs, config.eval.max_tokens))
+        if not config.eval.envs:
+            problems.append(
+                "[orchestrator.eval] has no [[orchestrator.eval.env]]: prime-rl would evaluate "
+                "its default environment"
+            )
+    if not any(e.id == ENV_ID for e in config.envs):
         problems.append(f"no [[orchestrator.env]] with id = {ENV_ID!r}")
-    for table, envs, sampling in groups:
-        sampler_max = sampling.get("max_tokens")
+    for table, envs, sampler_max in groups:
         sampling_table = table.rsplit(".", 1)[0] + ".sampling"
         for env in envs:
-            if _env_id(env) != ENV_ID:
-                problems.append(f"[[{table}]] id {env.get('id')!r}: only {ENV_ID!r} is supported")
+            if env.id != ENV_ID:
+                problems.append(f"[[{table}]] id {env.id!r}: only {ENV_ID!r} is supported")
                 continue
-            args = env.get("args", {})
             try:
-                bound = signature.bind(**args)
+                bound = signature.bind(**env.args)
             except TypeError as exc:
-                unknown = sorted(set(args) - set(signature.parameters))
+                unknown = sorted(set(env.args) - set(signature.parameters))
                 problems.append(
                     f"[[{table}]] args rejected by load_environment: {exc}"
                     + (f" (unknown: {', '.join(unknown)})" if unknown else "")
                 )
                 continue
             bound.apply_defaults()
-            if "log_dir" in args:
+            if "log_dir" in env.args:
                 problems.append(
                     f"[[{table}]] sets log_dir: leave it out, run_training.sh points "
                     "CALIBRATED_QA_LOG_DIR at the run's output directory"
@@ -153,18 +131,56 @@ def config_problems(config: dict[str, Any], load_environment: Any) -> list[str]:
     return problems
 
 
+def _cmd_config(ns: argparse.Namespace) -> str:
+    from calibrated_qa.environment import load_environment
+
+    config = read_config(ns.config)
+    problems = config_problems(config, load_environment)
+    if problems:
+        raise CheckError("\n".join(f"{ns.config}: {p}" for p in problems))
+    return (
+        f"{ns.config}: consistent with load_environment (batch_size={config.batch_size}, "
+        f"rollouts_per_example={config.rollouts_per_example}, max_tokens={config.max_tokens}, "
+        f"max_steps={config.max_steps}, gpus={config.required_gpus}, "
+        f"env workers={config.env_workers})"
+    )
+
+
+GET_KEYS = {
+    "model": lambda c: c.model,
+    "required_gpus": lambda c: c.required_gpus,
+    "has_eval": lambda c: "true" if c.eval is not None else "false",
+    "batch_size": lambda c: c.batch_size,
+    "max_steps": lambda c: c.max_steps,
+    "max_tokens": lambda c: c.max_tokens,
+    "port": lambda c: c.inference_port,
+}
+
+
+def _cmd_env_args(ns: argparse.Namespace) -> str:
+    config = read_config(ns.config)
+    try:
+        args = dict(config.train_env().args)
+    except ValueError as exc:
+        raise CheckError(str(exc)) from None
+    if ns.log_dir:
+        args["log_dir"] = ns.log_dir
+    return json.dumps(args, sort_keys=True)
+
+
+def _cmd_get(ns: argparse.Namespace) -> str:
+    value = GET_KEYS[ns.key](read_config(ns.config))
+    if value is None:
+        raise CheckError(f"{ns.config}: {ns.key} is not set")
+    return str(value)
+
+
 # --------------------------------------------------------------------------- installed copy
 
 
 def _package_files(root: Path) -> dict[str, bytes]:
-    """The .py files of the package as the wheel ships them (``*.py`` and ``analysis/*.py``)."""
-    files = list(root.glob("*.py")) + list(root.glob("analysis/*.py"))
-    return {f.relative_to(root).as_posix(): f.read_bytes() for f in files}
-
-
-def _source_version(source: Path) -> str:
-    with open(source / "pyproject.toml", "rb") as f:
-        return tomllib.load(f)["project"]["version"]
+    """The .py files of the package as the wheel ships them."""
+    return {f.relative_to(root).as_posix(): f.read_bytes() for f in root.glob("*.py")}
 
 
 def installed_problems(source: Path, purelib: Path, search_path: list[Path]) -> list[str]:
@@ -178,7 +194,8 @@ def installed_problems(source: Path, purelib: Path, search_path: list[Path]) -> 
     problems: list[str] = []
     source = source.resolve()
     purelib = purelib.resolve()
-    expected = _source_version(source)
+    with open(source / "pyproject.toml", "rb") as f:
+        expected = tomllib.load(f)["project"]["version"]
 
     spec = importlib.machinery.PathFinder.find_spec(PACKAGE, [str(p) for p in search_path])
     if spec is None or spec.origin is None:
@@ -248,106 +265,56 @@ def installed_problems(source: Path, purelib: Path, search_path: list[Path]) -> 
     return problems
 
 
-# --------------------------------------------------------------------------- resume
+def _cmd_installed(ns: argparse.Namespace) -> str:
+    purelib = Path(sysconfig.get_paths()["purelib"])
+    search = [Path(p or ".").resolve() for p in sys.path]
+    problems = installed_problems(Path(ns.source), purelib, search)
+    if problems:
+        raise CheckError("\n".join(problems))
+    import calibrated_qa
 
-
-def run_shape(config: dict[str, Any], source: str) -> RunShape:
-    """The config's ``RunShape``: ``calibrated_qa.analysis.steps`` is the one reader of its keys.
-
-    Imported here, not at the top, so the stdlib-only checks (``installed``, ``hf-access``) run
-    where calibrated_qa is missing or stale.
-    """
-    from calibrated_qa.analysis.readers import AnalysisInputError
-    from calibrated_qa.analysis.steps import run_shape_from_dict
-
-    try:
-        return run_shape_from_dict(config, source)
-    except AnalysisInputError as exc:
-        raise CheckError(str(exc)) from None
-
-
-def _lines(path: Path) -> list[bytes]:
-    return path.read_bytes().splitlines(keepends=True) if path.exists() else []
-
-
-def _kept_parts(out: Path, stem: str) -> list[Path]:
-    parts = [p for p in out.glob(f"{stem}.part*.jsonl") if not p.name.endswith(".redone.jsonl")]
-    return sorted(parts, key=lambda p: int(p.name[len(stem) + 5 : -6]))
-
-
-def _split(out: Path, stem: str, part: int, keep_total: int, what: str) -> str | None:
-    """Keep the first ``keep_total`` records of the run (earlier parts count) as ``stem.partK``."""
-    current = out / f"{stem}.jsonl"
-    lines = _lines(current)
-    if not lines:
-        return None
-    previous = sum(len(_lines(p)) for p in _kept_parts(out, stem))
-    keep = max(keep_total - previous, 0)
-    kept, redone = lines[:keep], lines[keep:]
-    (out / f"{stem}.part{part}.jsonl").write_bytes(b"".join(kept))
-    (out / f"{stem}.part{part}.redone.jsonl").write_bytes(b"".join(redone))
-    current.unlink()
-    message = (
-        f"{stem}.jsonl: {len(kept)} records of {what} kept as {stem}.part{part}.jsonl, "
-        f"{len(redone)} set aside as {stem}.part{part}.redone.jsonl"
+    versions = {d: importlib.metadata.version(d) for d in ("verifiers", "datasets")}
+    return (
+        f"{calibrated_qa.__file__} {calibrated_qa.__version__} "
+        f"(verifiers {versions['verifiers']}, datasets {versions['datasets']})"
     )
-    if len(kept) < keep:
-        message += f" (WARNING: expected {keep}; the analysis will misattribute steps)"
-    return message
 
 
-def resume_split(
-    config: dict[str, Any], out: Path, step: int, source: str = "the config"
-) -> list[str]:
-    """Before resuming at checkpoint ``step``: keep the logs of earlier steps, set aside the rest.
+# --------------------------------------------------------------------------- GPU, port
 
-    prime-rl reopens ``logs/*.stdout`` with mode "w" (entrypoints/rl.py), so ``logs/`` moves to
-    ``logs.partK/``. The training log keeps ``step x batch_size`` records (earlier parts count);
-    the eval log keeps the complete rounds of the checkpoints before ``step`` (all finished
-    before checkpoint ``step`` was written); the resumed run (with skip_eval_on_resume = false)
-    evaluates checkpoint ``step`` again when it is an eval step. Later records go to
-    ``*.partK.redone.jsonl``. K is the first number no part uses yet.
-    """
-    part = 1
-    while any(
-        (out / name).exists()
-        for name in (
-            f"generations.part{part}.jsonl",
-            f"eval_generations.part{part}.jsonl",
-            f"logs.part{part}",
+
+def cuda_devices(need: int) -> str:
+    """torch of this venv sees ``need`` CUDA devices: a driver too old for its CUDA fails here,
+    in seconds, instead of inside vLLM and the trainer a minute or two into the run."""
+    try:
+        import torch
+    except ImportError as exc:
+        raise CheckError(f"torch is not importable in this venv ({exc}): rerun setup") from None
+    built = torch.version.cuda
+    if not torch.cuda.is_available():
+        raise CheckError(
+            f"torch {torch.__version__} (CUDA {built}) sees no CUDA device: the driver may be "
+            "older than that CUDA (nvidia-smi shows the driver's CUDA), or CUDA_VISIBLE_DEVICES "
+            "hides the GPUs"
         )
-    ):
-        part += 1
-    messages = []
-    if (out / "logs").is_dir():
-        (out / "logs").rename(out / f"logs.part{part}")
-        messages.append(
-            f"logs/ of the interrupted run moved to logs.part{part}/ (prime-rl overwrites logs/)"
-        )
-    from calibrated_qa.analysis.steps import eval_rounds_before
+    count = torch.cuda.device_count()
+    if count < need:
+        raise CheckError(f"torch sees {count} CUDA device(s), the config needs {need}")
+    names = ", ".join(torch.cuda.get_device_name(i) for i in range(need))
+    return f"torch {torch.__version__} (CUDA {built}) sees {count} device(s): {names}"
 
-    shape = run_shape(config, source)
-    if shape.batch_size is None:
-        raise CheckError("[orchestrator] batch_size is not set")
-    message = _split(out, "generations", part, step * shape.batch_size, f"steps < {step}")
-    if message:
-        messages.append(message)
-    eval_log = out / "eval_generations.jsonl"
-    if shape.has_eval and _lines(eval_log):
-        rounds = eval_rounds_before(step, shape.eval_interval, base_model=shape.eval_base_model)
-        size = shape.eval_size
-        if size is None:  # the whole eval set (num_examples = -1): its size is not in the config
-            ids = set()
-            for path in [*_kept_parts(out, "eval_generations"), eval_log]:
-                for line in _lines(path):
-                    try:
-                        ids.add(json.loads(line)["example_id"])
-                    except (ValueError, KeyError, TypeError):
-                        continue  # a torn last line
-            size = len(ids) * shape.eval_rollouts_per_example
-        what = f"{rounds} eval round(s) of {size} (checkpoints < {step})"
-        messages.append(_split(out, "eval_generations", part, rounds * size, what) or "")
-    return [m for m in messages if m]
+
+def port_free(port: int) -> str:
+    """Nothing listens on ``port``: vLLM would fail to bind it after loading the model."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(1)
+        if sock.connect_ex(("127.0.0.1", port)) == 0:
+            raise CheckError(
+                f"port {port} is in use (prime-rl's inference server binds it): stop the process "
+                f"listening on it (e.g. a previous run's vLLM: `fuser -k {port}/tcp`), or set "
+                "[inference.server] port in the config"
+            )
+    return f"port {port} is free"
 
 
 # --------------------------------------------------------------------------- Hugging Face
@@ -382,104 +349,191 @@ def hf_access(model: str) -> str:
     return f"token can read {model}"
 
 
-# --------------------------------------------------------------------------- CLI
+MODEL_FILES = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt"]
 
 
-def _load_environment() -> Any:
-    from calibrated_qa.environment import load_environment
+def prefetch(model: str, dataset: str) -> str:
+    """Download the model and BoolQ's splits into the Hugging Face cache, before any GPU work.
 
-    return load_environment
+    vLLM, the trainer and every env-server worker then read the cache; a download problem
+    (network, gated repo, full disk) fails here, first. The dataset goes through the
+    environment's own loader, so the cache entry is the one training hits.
+    """
+    import huggingface_hub
+
+    from calibrated_qa.data import is_local, load_split
+
+    try:
+        path = huggingface_hub.snapshot_download(model, allow_patterns=MODEL_FILES)
+    except Exception as exc:
+        raise CheckError(f"could not download {model}: {type(exc).__name__}: {exc}") from None
+    if not is_local(dataset):
+        for split in ("train", "validation"):
+            try:
+                load_split(dataset, split)
+            except Exception as exc:
+                raise CheckError(f"could not load {dataset} ({split}): {exc}") from None
+    return path
 
 
-def _cmd_config(ns: argparse.Namespace) -> str:
-    config = load_config(ns.config)
-    problems = config_problems(config, _load_environment())
-    if problems:
-        raise CheckError("\n".join(f"{ns.config}: {p}" for p in problems))
-    orch = config["orchestrator"]
-    return (
-        f"{ns.config}: consistent with load_environment (batch_size={orch['batch_size']}, "
-        f"rollouts_per_example={orch['rollouts_per_example']}, "
-        f"max_tokens={orch['sampling']['max_tokens']}, gpus={required_gpus(config)})"
+def _cmd_disk_need(ns: argparse.Namespace) -> str:
+    config = read_config(ns.config)
+    try:
+        need = disk_need.disk_need(config, disk_need.model_size(Path(ns.model_dir)))
+    except disk_need.DiskNeedError as exc:
+        raise CheckError(str(exc)) from None
+    print("\n".join(need.lines), file=sys.stderr)
+    return str(need.need_gb)
+
+
+# --------------------------------------------------------------------------- W&B
+
+
+def wandb_key() -> str | None:
+    """The key wandb itself would use: WANDB_API_KEY, else the api.wandb.ai entry of ~/.netrc."""
+    if key := os.environ.get("WANDB_API_KEY"):
+        return key
+    try:
+        auth = netrc.netrc().authenticators(_wandb_host())
+    except (FileNotFoundError, netrc.NetrcParseError):
+        return None
+    return auth[2] if auth else None
+
+
+def _wandb_host() -> str:
+    base = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
+    return base.split("://", 1)[-1].split("/", 1)[0]
+
+
+def wandb_check(timeout: float = 20.0) -> str:
+    """Ask W&B's API who the key belongs to: a wrong key fails now, not at the trainer's init."""
+    key = wandb_key()
+    if not key:
+        raise CheckError(
+            "--wandb online needs WANDB_API_KEY in the environment or a `wandb login`; "
+            "or use --wandb offline and `wandb sync` the run later"
+        )
+    base = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").rstrip("/")
+    auth = base64.b64encode(f"api:{key}".encode()).decode()
+    request = urllib.request.Request(
+        f"{base}/graphql",
+        data=json.dumps({"query": "{ viewer { username entity } }"}).encode(),
+        headers={"Authorization": f"Basic {auth}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            viewer = (json.load(response).get("data") or {}).get("viewer")
+    except urllib.error.HTTPError as exc:
+        raise CheckError(f"W&B rejected the API key (HTTP {exc.code}): check it") from None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise CheckError(f"could not reach W&B at {base}: {exc}") from None
+    if not viewer:
+        raise CheckError("W&B does not know this API key: check it (wandb.ai/authorize)")
+    return f"W&B key accepted (user {viewer.get('username')}, entity {viewer.get('entity')})"
+
+
+# --------------------------------------------------------------------------- run state
+
+
+def _cmd_fresh(ns: argparse.Namespace) -> str:
+    out = Path(ns.output_dir)
+    found = run_state.found_state(out)
+    if not found:
+        return f"{out}: no earlier run"
+    if not ns.move_aside:
+        raise CheckError(
+            f"{out} holds an earlier run's state, which a fresh run would mix into its own:\n"
+            + "\n".join(f"  {line}" for line in found)
+            + "\ncontinue that run with --resume, or move its state aside (nothing is deleted) "
+            "with --move-aside, or choose another --output-dir / --run-name"
+        )
+    folder = run_state.move_aside_all(out)
+    return f"{out}: an earlier run's state moved to {folder}:\n" + "\n".join(
+        f"  {line}" for line in found
     )
 
 
-def _cmd_get(ns: argparse.Namespace) -> str:
-    config = load_config(ns.config)
-    if ns.key == "model":
-        return model_name(config)
-    if ns.key == "required_gpus":
-        return str(required_gpus(config))
-    shape = run_shape(config, ns.config)
-    if ns.key == "has_eval":
-        return "true" if shape.has_eval else "false"
-    if ns.key == "batch_size":
-        return str(shape.batch_size)
-    if ns.key == "max_steps":
-        if shape.max_steps is None:
-            raise CheckError(f"{ns.config}: max_steps is not set")
-        return str(shape.max_steps)
-    if shape.max_tokens is None:
-        raise CheckError(f"{ns.config}: [orchestrator.sampling] max_tokens is not set")
-    return str(shape.max_tokens)
+def _cmd_resume_step(ns: argparse.Namespace) -> str:
+    try:
+        point = run_state.resume_step(Path(ns.output_dir))
+    except run_state.RunStateError as exc:
+        raise CheckError(str(exc)) from None
+    print(point.note, file=sys.stderr)
+    return str(point.step)
 
 
-def _cmd_env_args(ns: argparse.Namespace) -> str:
-    args = train_env_args(load_config(ns.config))
-    if ns.log_dir:
-        args["log_dir"] = ns.log_dir
-    return json.dumps(args, sort_keys=True)
+def _cmd_prepare_resume(ns: argparse.Namespace) -> str:
+    config = read_config(ns.config)
+    out = Path(ns.output_dir)
+    if config.batch_size is None:
+        raise CheckError(f"{ns.config}: [orchestrator] batch_size is not set")
+    eval_keep = None
+    if config.eval is not None:
+        size = config.eval.round_size
+        if size is None:  # the whole eval set: the round size is in the log, not the config
+            size = run_state.eval_round_ids(out) * config.eval.rollouts_per_example
+        eval_keep = config.eval.rounds_before(ns.step) * size
+    lines = run_state.prepare_resume(out, ns.step, config.batch_size, eval_keep)
+    return "\n".join(lines) or "nothing to move"
 
 
-def _cmd_installed(ns: argparse.Namespace) -> str:
-    source = Path(ns.source)
-    purelib = Path(sysconfig.get_paths()["purelib"])
-    search = [Path(p or ".").resolve() for p in sys.path]
-    problems = installed_problems(source, purelib, search)
-    if problems:
-        raise CheckError("\n".join(problems))
-    import calibrated_qa
+def _cmd_smoke_report(ns: argparse.Namespace) -> str:
+    from smoke_report import smoke_report  # reads the config: needs calibrated_qa installed
 
-    versions = {d: importlib.metadata.version(d) for d in ("verifiers", "datasets")}
-    return (
-        f"{calibrated_qa.__file__} {calibrated_qa.__version__} "
-        f"(verifiers {versions['verifiers']}, datasets {versions['datasets']})"
-    )
+    return smoke_report(ns.config, ns.output_dir, ns.results)
 
 
-def _cmd_resume_split(ns: argparse.Namespace) -> str:
-    lines = resume_split(load_config(ns.config), Path(ns.output_dir), ns.step, ns.config)
-    return "\n".join(lines) or "nothing to split"
+def _cmd_prune(ns: argparse.Namespace) -> str:
+    run_state.watch_and_prune(Path(ns.output_dir), ns.parent, ns.every)
+    return "pruner stopped: the launcher is gone"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("config", help="config consistent with load_environment")
-    p.add_argument("config")
-    p.set_defaults(func=_cmd_config)
-    p = sub.add_parser("get", help="one value of a config")
-    p.add_argument("config")
-    p.add_argument(
-        "key",
-        choices=["model", "batch_size", "max_tokens", "max_steps", "required_gpus", "has_eval"],
+
+    def command(name: str, func: Any, *args: tuple[str, dict[str, Any]]) -> None:
+        p = sub.add_parser(name)
+        for flag, kwargs in args:
+            p.add_argument(flag, **kwargs)
+        p.set_defaults(func=func)
+
+    plain: dict[str, Any] = {}
+    command("config", _cmd_config, ("config", plain))
+    command("get", _cmd_get, ("config", plain), ("key", {"choices": sorted(GET_KEYS)}))
+    command("env-args", _cmd_env_args, ("config", plain), ("--log-dir", plain))
+    command("installed", _cmd_installed, ("--source", {"required": True}))
+    command("cuda", lambda ns: cuda_devices(ns.need), ("need", {"type": int}))
+    command("port", lambda ns: port_free(ns.port), ("port", {"type": int}))
+    command("hf-access", lambda ns: hf_access(ns.model), ("model", plain))
+    command(
+        "prefetch", lambda ns: prefetch(ns.model, ns.dataset), ("model", plain), ("dataset", plain)
     )
-    p.set_defaults(func=_cmd_get)
-    p = sub.add_parser("env-args", help="training env args of a config, as JSON")
-    p.add_argument("config")
-    p.add_argument("--log-dir")
-    p.set_defaults(func=_cmd_env_args)
-    p = sub.add_parser("hf-access", help="the Hugging Face token can read a (gated) model")
-    p.add_argument("model")
-    p.set_defaults(func=lambda ns: hf_access(ns.model))
-    p = sub.add_parser("installed", help="environment installed from this checkout, unshadowed")
-    p.add_argument("--source", required=True, help="the checkout's calibrated_qa/ folder")
-    p.set_defaults(func=_cmd_installed)
-    p = sub.add_parser("resume-split", help="before --resume: keep the logs of steps < STEP")
-    p.add_argument("config")
-    p.add_argument("output_dir")
-    p.add_argument("step", type=int, help="the checkpoint step the run resumes from")
-    p.set_defaults(func=_cmd_resume_split)
+    command("disk-need", _cmd_disk_need, ("config", plain), ("model_dir", plain))
+    command("wandb", lambda ns: wandb_check())
+    command("fresh", _cmd_fresh, ("output_dir", plain), ("--move-aside", {"action": "store_true"}))
+    command("resume-step", _cmd_resume_step, ("output_dir", plain))
+    command(
+        "prepare-resume",
+        _cmd_prepare_resume,
+        ("config", plain),
+        ("output_dir", plain),
+        ("step", {"type": int}),
+    )
+    command(
+        "prune-broadcasts",
+        _cmd_prune,
+        ("output_dir", plain),
+        ("--parent", {"type": int, "required": True}),
+        ("--every", {"type": float, "default": 30.0}),
+    )
+    command(
+        "smoke-report",
+        _cmd_smoke_report,
+        ("config", plain),
+        ("output_dir", plain),
+        ("results", plain),
+    )
     ns = parser.parse_args(argv)
     try:
         print(ns.func(ns))

@@ -14,13 +14,13 @@ from calibrated_qa.analysis.steps import (
     attribute,
     attribute_eval_rounds,
     attribute_steps,
-    eval_rounds_before,
     group_purity,
     read_orchestrator_eval_rewards,
     read_orchestrator_rewards,
     read_run_shape,
     run_shape_from_dict,
 )
+from calibrated_qa.run_config import EvalSchedule
 from tests.conftest import pinned_prime_rl_source
 from tests.fixtures.analysis.build import Rollout, run, write_project
 
@@ -135,11 +135,12 @@ def test_eval_rounds_follow_prime_rl_cadence(
 def test_eval_rounds_before_a_resume_follow_prime_rl_cadence(
     interval: int, base_model: bool
 ) -> None:
-    """The rounds resume-split keeps: prime-rl's online rounds of checkpoints < the resume step."""
+    """The rounds prepare-resume keeps: prime-rl's online rounds of checkpoints < the resume step."""
     online = prime_rl_eval_rounds(60, interval, base_model)[:-1]
+    schedule = EvalSchedule(interval, base_model, -1, 1, None, 1.0, ())
     for step in range(0, 50):
         expected = sum(1 for c in online if c < step)
-        assert eval_rounds_before(step, interval, base_model=base_model) == expected, step
+        assert schedule.rounds_before(step) == expected, step
 
 
 def test_eval_rounds_without_max_steps_or_final(tmp_path: Path) -> None:

@@ -10,13 +10,15 @@ from pathlib import Path
 import pytest
 
 from calibrated_qa.environment import load_environment
-from scripts.launch_checks import config_problems, required_gpus, train_env_args
+from calibrated_qa.run_config import parse_run_config, read_run_config
+from scripts.launch_checks import config_problems
 from tests.conftest import git_dir_from_env
 
 REPO = Path(__file__).resolve().parent.parent
 MAIN = REPO / "configs" / "calibrated_qa_gemma2_2b.toml"
 NO_PASSAGE = REPO / "configs" / "calibrated_qa_gemma2_2b_no_passage.toml"
 FOUR_GPU = REPO / "configs" / "calibrated_qa_gemma2_2b_4gpu.toml"
+SMOKE = REPO / "configs" / "smoke.toml"
 CONFIGS = [MAIN, NO_PASSAGE, FOUR_GPU]
 
 
@@ -41,7 +43,7 @@ def test_reference_recipe_values(path: Path) -> None:
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_consistent_with_load_environment(path: Path) -> None:
     c = load(path)
-    assert config_problems(c, load_environment) == []
+    assert config_problems(read_run_config(path), load_environment) == []
     for env in [*c["orchestrator"]["env"], *c["orchestrator"]["eval"]["env"]]:
         assert env["args"]["max_tokens"] == c["orchestrator"]["sampling"]["max_tokens"]
         assert env["args"]["length_unit"] == "chars"  # reproduces the reference reward
@@ -59,8 +61,35 @@ def test_online_eval_on_validation(path: Path) -> None:
 
 
 def test_passage_variants() -> None:
-    assert "include_passage" not in train_env_args(load(MAIN))
-    assert train_env_args(load(NO_PASSAGE))["include_passage"] is False
+    assert "include_passage" not in read_run_config(MAIN).train_env().args
+    assert read_run_config(NO_PASSAGE).train_env().args["include_passage"] is False
+
+
+def test_checkpoints_keep_a_common_resume_step() -> None:
+    """The trainer keeps its latest checkpoint only; the orchestrator keeps all of its own (a
+    shared [ckpt] keep_last would apply to both: then a crash in the save window, orchestrator
+    at N and trainer at N - interval, would leave no step that both hold)."""
+    for path in [*CONFIGS, SMOKE]:
+        config = read_run_config(path)
+        assert (config.trainer_keep_last, config.orchestrator_keep_last) == (1, None), path
+
+
+def test_smoke_config_is_the_reference_recipe_made_small() -> None:
+    """Same model, prompt, reward, sampler and optimiser; small sizes; every path exercised."""
+    main, smoke = load(MAIN), load(SMOKE)
+    assert config_problems(read_run_config(SMOKE), load_environment) == []
+    for key in ("model", "seq_len", "max_async_level", "inference"):
+        assert smoke[key] == main[key], key
+    assert smoke["trainer"]["optim"] == main["trainer"]["optim"]
+    orch, ref = smoke["orchestrator"], main["orchestrator"]
+    assert orch["sampling"] == ref["sampling"] and orch["env"] == ref["env"]
+    assert orch["rollouts_per_example"] == ref["rollouts_per_example"]
+    config = read_run_config(SMOKE)
+    assert config.max_steps == 4 and config.batch_size == 64
+    # A checkpoint (and its broadcast reload) inside the run, online rounds before the end.
+    assert config.ckpt_interval is not None and config.ckpt_interval < config.max_steps
+    assert config.eval is not None and config.eval.interval < config.max_steps
+    assert config.eval.round_size == 32 and config.eval.envs[0].args == orch["env"][0]["args"]
 
 
 def test_four_gpu_variant_only_changes_the_deployment() -> None:
@@ -69,12 +98,12 @@ def test_four_gpu_variant_only_changes_the_deployment() -> None:
     assert deployment == {"type": "single_node", "num_infer_gpus": 1, "num_train_gpus": 3}
     assert four["wandb"].pop("name") != main["wandb"].pop("name")
     assert four == main
-    assert (required_gpus(load(MAIN)), required_gpus(load(FOUR_GPU))) == (2, 4)
+    assert (read_run_config(MAIN).required_gpus, read_run_config(FOUR_GPU).required_gpus) == (2, 4)
 
 
 def test_checker_rejects_inconsistent_configs() -> None:
     def problems(c):
-        return " | ".join(config_problems(c, load_environment))
+        return " | ".join(config_problems(parse_run_config(c, MAIN), load_environment))
 
     c = tomllib.loads(MAIN.read_text())
     c["orchestrator"]["env"][0]["args"]["max_tokenz"] = 512
@@ -130,4 +159,4 @@ def check_with_prime_rl(*configs: Path) -> str:
 
 
 def test_valid_for_pinned_prime_rl() -> None:
-    check_with_prime_rl(*CONFIGS)
+    check_with_prime_rl(*CONFIGS, SMOKE)

@@ -3,11 +3,13 @@ and no secret in any output or file."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
 from tests.fixtures.scripts.fakebox import PIN, REPO, FakeBox, all_text
+from tests.fixtures.scripts.run_dir import fake_run, read_steps, records, write_log
 
 CONFIG = REPO / "configs" / "calibrated_qa_gemma2_2b.toml"
 TOKEN = "hf_SECRETvalue0123456789"
@@ -30,7 +32,12 @@ def train(box: FakeBox, *args: str, **env: str):
 
 
 def rl_calls(box: FakeBox) -> list[str]:
-    return [c for c in box.calls("uv") if c.startswith("run rl ")]
+    """prime-rl launches, with the dry run's scratch output dir written as DRY."""
+    calls = [c for c in box.calls("uv") if c.startswith("run rl ")]
+    return [
+        re.sub(r"--output-dir \S*calibrated-qa-dry-run\.\w+ ", "--output-dir DRY ", c)
+        for c in calls
+    ]
 
 
 def small_config(box: FakeBox, **changes: str) -> Path:
@@ -47,9 +54,9 @@ def small_config(box: FakeBox, **changes: str) -> Path:
 def test_dry_run_runs_every_check_and_prime_rl_dry_run_only(box: FakeBox) -> None:
     result = train(box, "--dry-run", **OK_ENV)
     assert result.returncode == 0, result.stderr
-    out = out_dir(box)
-    assert rl_calls(box) == [f"run rl @ {CONFIG} --output-dir {out} --wandb.offline true --dry-run"]
+    assert rl_calls(box) == [f"run rl @ {CONFIG} --output-dir DRY --wandb.offline true --dry-run"]
     assert "All checks passed" in result.stdout
+    assert not out_dir(box).exists(), "a dry run leaves the run's output dir untouched"
     pip = [c for c in box.calls("uv") if c.startswith("pip install")]
     assert pip == [
         f"pip install --python {box.prime_rl}/.venv/bin/python --no-deps "
@@ -68,7 +75,7 @@ def test_training_runs_exact_command_then_analysis(box: FakeBox) -> None:
     assert result.returncode == 0, result.stderr
     out = out_dir(box)
     assert rl_calls(box) == [
-        f"run rl @ {CONFIG} --output-dir {out} --wandb.offline true --dry-run",
+        f"run rl @ {CONFIG} --output-dir DRY --wandb.offline true --dry-run",
         f"run rl @ {CONFIG} --output-dir {out} --wandb.offline true",
     ]
     # The env servers inherit the log dir; uv must not re-sync the environment away.
@@ -111,44 +118,61 @@ def test_secrets_never_printed_or_written(box: FakeBox) -> None:
     token_file.parent.mkdir()
     token_file.write_text(TOKEN + "\n")
     runs = [train(box, "--run-name", "leak", **OK_ENV)]
-    (out_dir(box) / "checkpoints" / "step_10").mkdir(parents=True)
+    fake_run(out_dir(box), trainer=(10,), orchestrator=(10,), broadcasts=(10,))
     runs.append(train(box, "--resume", "--hf-token-file", str(token_file)))
+    runs.append(
+        train(box, "--move-aside", "--wandb", "online", WANDB_API_KEY="wb-secret", **OK_ENV)
+    )
     runs.append(train(box, "--wandb", "online", **OK_ENV))  # fails: no W&B key
+    assert [r.returncode for r in runs] == [0, 0, 0, 1], [r.stderr for r in runs]
     for result in runs:
         assert TOKEN not in result.stdout + result.stderr
+        assert "wb-secret" not in result.stdout + result.stderr
     assert TOKEN not in all_text(box.root, skip={token_file})
+    assert "wb-secret" not in all_text(box.root)
 
 
-def _records(n: int, start: int = 0) -> str:
-    return "".join(f'{{"example_id": {i % 5}, "i": {start + i}}}\n' for i in range(n))
-
-
-def test_resume_passes_resume_step_and_splits_the_logs(box: FakeBox) -> None:
+def test_resume_passes_the_common_step_and_moves_newer_state_aside(box: FakeBox) -> None:
+    """A crash inside checkpoint 20's save window: the orchestrator wrote step 20, the trainer
+    had not finished it. Both sides resume at 10, passed explicitly; step 20's state moves aside."""
     config = small_config(box, **{"batch_size = 1024": "batch_size = 16"})
-    out = out_dir(box)
-    (out / "checkpoints" / "step_20").mkdir(parents=True)
-    (out / "checkpoints" / "step_10").mkdir(parents=True)
-    (out / "generations.jsonl").write_text(_records(20 * 16 + 3))
-    # Eval rounds of 5 questions: checkpoints 0, 10 and 20 (round 20 ran before the crash and
-    # is redone), plus a torn partial round.
-    (out / "eval_generations.jsonl").write_text(_records(3 * 5 + 2) + '{"example_id": 3, "i"')
-    (out / "logs").mkdir()
-    (out / "logs" / "orchestrator.stdout").write_text("SUCCESS Step 0 | Reward: 0.1 |\n")
+    out = fake_run(
+        out_dir(box),
+        trainer=(10,),
+        unfinished_trainer=(20,),
+        orchestrator=(10, 20),
+        broadcasts=(10, 19, 20),
+        rollouts=tuple(range(21)),
+    )
+    write_log(out / "generations.jsonl", records(range(21), 16), torn='{"example_id": 3, "i"')
+    # Eval rounds of 5 records: checkpoint 0's kept; 10's is evaluated again at the resumed step.
+    write_log(out / "eval_generations.jsonl", records(range(0, 30, 10), 5, split="eval"))
+    write_log(out / "logs" / "orchestrator.stdout", ["SUCCESS Step 0 | Reward: 0.1 |\n"])
     result = box.run(
         "run_training.sh", "--config", str(config), "--output-dir", str(out), "--resume", **OK_ENV
     )
     assert result.returncode == 0, result.stderr
-    resume = "--ckpt.resume-step -1 --orchestrator.eval.skip-eval-on-resume false"
+    resume = "--ckpt.resume-step 10 --orchestrator.eval.skip-eval-on-resume false"
     assert rl_calls(box) == [
-        f"run rl @ {config} --output-dir {out} --wandb.offline true {resume} --dry-run",
+        f"run rl @ {config} --output-dir DRY --wandb.offline true {resume} --dry-run",
         f"run rl @ {config} --output-dir {out} --wandb.offline true {resume}",
     ]
-    # Steps 0-19 (20 x 16 records) are kept; the 3 records of the redone step are set aside.
-    assert len((out / "generations.part1.jsonl").read_text().splitlines()) == 320
-    assert len((out / "generations.part1.redone.jsonl").read_text().splitlines()) == 3
-    # Eval rounds of checkpoints 0 and 10 are kept; round 20 is evaluated again after resuming.
-    assert len((out / "eval_generations.part1.jsonl").read_text().splitlines()) == 10
-    assert len((out / "eval_generations.part1.redone.jsonl").read_text().splitlines()) == 8
+    assert "resuming at step 10" in result.stdout
+    aside = next((out / "aside").iterdir())
+    assert aside.name.endswith("-resume-at-10")
+    assert (aside / "run_default" / "checkpoints" / "step_20").is_dir()
+    assert (aside / "checkpoints" / "step_20").is_dir()
+    assert sorted(p.name for p in (aside / "run_default" / "broadcasts").iterdir()) == [
+        "step_19",
+        "step_20",
+    ]
+    # Steps 0-9 (10 x 16 records) are kept; the records of the redone steps are set aside.
+    assert read_steps(out / "generations.part1.jsonl") == [s for s in range(10) for _ in range(16)]
+    assert read_steps(aside / "generations.redone.jsonl") == [
+        s for s in range(10, 21) for _ in range(16)
+    ]
+    assert read_steps(out / "eval_generations.part1.jsonl") == [0] * 5
+    assert read_steps(aside / "eval_generations.redone.jsonl") == [10] * 5 + [20] * 5
     # prime-rl reopens logs/*.stdout with mode "w": the interrupted run's logs are kept.
     assert (out / "logs.part1" / "orchestrator.stdout").read_text().startswith("SUCCESS Step 0")
     analysis = [c for c in box.calls("uv") if "analyze_calibration.py" in c]
@@ -162,27 +186,26 @@ def test_resume_passes_resume_step_and_splits_the_logs(box: FakeBox) -> None:
     assert f"base={combined}@0 trained={combined}@final" in analysis[1]
     # The fake prime-rl appended 1 eval record: parts, then the resumed run's log, in order.
     eval_lines = combined.read_text().splitlines()
-    assert eval_lines[:10] == (out / "eval_generations.part1.jsonl").read_text().splitlines()
-    assert eval_lines[10:] == ['{"n": 0}']
+    assert eval_lines[:5] == (out / "eval_generations.part1.jsonl").read_text().splitlines()
+    assert eval_lines[5:] == ['{"n": 0}']
 
 
 def test_second_resume_counts_earlier_parts(box: FakeBox) -> None:
     config = small_config(box, **{"batch_size = 1024": "batch_size = 16"})
-    out = out_dir(box)
-    (out / "checkpoints" / "step_30").mkdir(parents=True)
-    (out / "generations.part1.jsonl").write_text(_records(20 * 16))
-    (out / "generations.part1.redone.jsonl").write_text(_records(3))
-    (out / "eval_generations.part1.jsonl").write_text(_records(10))
+    out = fake_run(out_dir(box), trainer=(30,), orchestrator=(20, 30), broadcasts=(30,))
+    write_log(out / "generations.part1.jsonl", records(range(20), 16))
+    write_log(out / "eval_generations.part1.jsonl", records(range(0, 20, 10), 5, split="eval"))
     (out / "logs.part1").mkdir()
-    (out / "generations.jsonl").write_text(_records(10 * 16 + 5))
-    (out / "eval_generations.jsonl").write_text(_records(5 + 5 + 1))  # rounds 20, 30, torn
+    write_log(out / "generations.jsonl", records(range(20, 31), 16))
+    write_log(out / "eval_generations.jsonl", records(range(20, 40, 10), 5, split="eval"), "{")
     result = box.run(
         "run_training.sh", "--config", str(config), "--output-dir", str(out), "--resume", **OK_ENV
     )
     assert result.returncode == 0, result.stderr
-    assert len((out / "generations.part2.jsonl").read_text().splitlines()) == 160
-    assert len((out / "eval_generations.part2.jsonl").read_text().splitlines()) == 5
-    assert len((out / "eval_generations.part2.redone.jsonl").read_text().splitlines()) == 6
+    assert read_steps(out / "generations.part2.jsonl") == [
+        s for s in range(20, 30) for _ in range(16)
+    ]
+    assert read_steps(out / "eval_generations.part2.jsonl") == [20] * 5
     analysis = next(c for c in box.calls("uv") if "--generations" in c)
     assert (
         f"--generations {out}/generations.part1.jsonl {out}/generations.part2.jsonl "
@@ -195,13 +218,53 @@ def test_resume_without_online_eval_passes_no_eval_flag(box: FakeBox) -> None:
     start, end = text.index("[orchestrator.eval]"), text.index("[trainer.optim]")
     config = box.root / "no-eval.toml"
     config.write_text(text[:start] + text[end:])
-    out = out_dir(box)
-    (out / "checkpoints" / "step_10").mkdir(parents=True)
+    out = fake_run(out_dir(box), trainer=(10,), orchestrator=(10,), broadcasts=(10,))
     result = box.run(
         "run_training.sh", "--config", str(config), "--output-dir", str(out), "--resume", **OK_ENV
     )
     assert result.returncode == 0, result.stderr
-    assert rl_calls(box)[-1].endswith("--wandb.offline true --ckpt.resume-step -1")
+    assert rl_calls(box)[-1].endswith("--wandb.offline true --ckpt.resume-step 10")
+
+
+STALE = {
+    "broadcasts": {"broadcasts": (1, 2)},
+    "rollouts": {"rollouts": (0, 1)},
+    "orchestrator ahead": {"orchestrator": (10,), "unfinished_trainer": (10,)},
+}
+
+
+@pytest.mark.parametrize("layout", STALE.values(), ids=STALE.keys())
+def test_fresh_run_refuses_stale_state_then_moves_it_aside(box: FakeBox, layout) -> None:
+    out = fake_run(out_dir(box), **layout)
+    write_log(out / "eval_generations.jsonl", records(range(1), 3, split="eval"))
+    before = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    refused = train(box, **OK_ENV)
+    assert refused.returncode == 1
+    assert "holds an earlier run's state" in refused.stderr
+    assert "eval_generations.jsonl: 3 records" in refused.stderr
+    assert "--resume" in refused.stderr and "--move-aside" in refused.stderr
+    assert rl_calls(box) == [], "refused before prime-rl's dry run"
+    moved = train(box, "--move-aside", **OK_ENV)
+    assert moved.returncode == 0, moved.stderr
+    (aside,) = (out / "aside").iterdir()
+    assert (
+        sorted(p.relative_to(aside).as_posix() for p in aside.rglob("*") if p.is_file()) == before
+    )
+    assert f"moved to {aside}" in moved.stdout
+
+
+def test_move_aside_waits_for_every_check(box: FakeBox) -> None:
+    """A failed preflight leaves the earlier run where it was."""
+    out = fake_run(out_dir(box), rollouts=(0,))
+    result = train(box, "--move-aside", **{**OK_ENV, "FAKE_DRYRUN_RC": "1"})
+    assert result.returncode == 1
+    assert not (out / "aside").exists() and (out / "run_default" / "rollouts" / "step_0").exists()
+
+
+def test_resume_and_move_aside_exclude_each_other(box: FakeBox) -> None:
+    result = train(box, "--resume", "--move-aside", **OK_ENV)
+    assert result.returncode == 1
+    assert "--resume and --move-aside exclude each other" in result.stderr
 
 
 def _wrong_commit(box: FakeBox) -> None:
@@ -213,7 +276,7 @@ def _no_venv(box: FakeBox) -> None:
 
 
 def _checkpoints(box: FakeBox) -> None:
-    (out_dir(box) / "checkpoints" / "step_10").mkdir(parents=True)
+    fake_run(out_dir(box), trainer=(10,))
 
 
 # (case, setup, extra args, env, expected message)
@@ -233,6 +296,15 @@ FAILURES = [
     ("busy GPU", None, [], {**OK_ENV, "FAKE_GPUS": "0, 3\\n1, 70000"}, "must be idle; busy: GPU 1"),
     ("driver broken", None, [], {**OK_ENV, "FAKE_NVIDIA_RC": "9"}, "nvidia-smi failed"),
     ("low disk", None, [], {**OK_ENV, "FAKE_DF_KB": str(10 * 1024 * 1024)}, "only 10 GB free"),
+    ("no CUDA", None, [], {**OK_ENV, "FAKE_CUDA_DEVICES": "0"}, "cannot use the GPUs"),
+    ("download", None, [], {**OK_ENV, "FAKE_PREFETCH": "fail"}, "could not download"),
+    (
+        "wandb rejects",
+        None,
+        ["--wandb", "online"],
+        {**OK_ENV, "WANDB_API_KEY": "k", "FAKE_WANDB": "bad"},
+        "W&B rejected the API key",
+    ),
     ("no token", None, [], {}, "no Hugging Face token"),
     (
         "gated",
@@ -243,8 +315,8 @@ FAILURES = [
     ),
     ("wandb key", None, ["--wandb", "online"], OK_ENV, "--wandb online needs WANDB_API_KEY"),
     ("bad wandb", None, ["--wandb", "sometimes"], OK_ENV, "--wandb must be offline or online"),
-    ("old checkpoints", _checkpoints, [], OK_ENV, "already holds checkpoints"),
-    ("nothing to resume", None, ["--resume"], OK_ENV, "--resume: no checkpoint"),
+    ("old checkpoints", _checkpoints, [], OK_ENV, "holds an earlier run's state"),
+    ("nothing to resume", None, ["--resume"], OK_ENV, "no step that the trainer"),
     ("install fails", None, [], {**OK_ENV, "FAKE_UV_PIP_RC": "2"}, "could not install"),
     (
         "analysis venv",
@@ -278,6 +350,48 @@ def test_each_preflight_failure_has_its_own_message(box, setup, args, env, messa
     others = [c[-1] for c in FAILURES if c[-1] != message]
     assert not [m for m in others if m in result.stderr], result.stderr
     assert not [c for c in rl_calls(box) if "--dry-run" not in c], "training must not start"
+
+
+def test_inference_port_in_use(box: FakeBox) -> None:
+    import socket
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        config = small_config(
+            box, **{"[inference]\n": f"[inference]\nserver = {{ port = {port} }}\n"}
+        )
+        result = box.run("run_training.sh", "--config", str(config), **OK_ENV)
+    assert result.returncode == 1
+    assert f"port {port} is in use" in result.stderr
+    assert rl_calls(box) == []
+
+
+def test_disk_need_is_computed_from_config_and_model(box: FakeBox) -> None:
+    """Gemma 2 2B (2,614,341,888 parameters, bf16) at the reference config: ~101 GB at the peak."""
+    ok = train(box, "--dry-run", **OK_ENV, FAKE_DF_KB=str(110 * 10**9 // 1024))
+    assert ok.returncode == 0, ok.stderr
+    assert "110 GB free" in ok.stdout and "101 GB needed" in ok.stdout
+    low = train(box, "--dry-run", **OK_ENV, FAKE_DF_KB=str(95 * 10**9 // 1024))
+    assert "the run needs 101 GB at its peak" in low.stderr
+    smaller = train(box, "--dry-run", **OK_ENV, FAKE_MODEL_PARAMS=str(10**9))
+    assert "41 GB needed" in smaller.stdout, smaller.stdout
+
+
+def test_smoke_runs_the_smoke_config_then_reports(box: FakeBox) -> None:
+    result = box.run("run_training.sh", "--smoke", **OK_ENV)
+    smoke = REPO / "configs" / "smoke.toml"
+    (call,) = [c for c in rl_calls(box) if "--dry-run" not in c]
+    assert call.startswith(f"run rl @ {smoke} --output-dir {box.home}/outputs/smoke-")
+    assert any(
+        c.startswith("scripts/launch_checks.py smoke-report") or "smoke-report" in c
+        for c in box.calls("python")
+    )
+    # The fake prime-rl writes no checkpoint: the report fails, naming each failed check.
+    assert result.returncode == 1
+    assert "FAIL final trainer checkpoint checkpoints/step_4 finished" in result.stdout
+    assert "the smoke run failed a check" in result.stderr
 
 
 def test_config_inconsistent_with_environment(box: FakeBox) -> None:

@@ -206,17 +206,6 @@ def eval_checkpoints(
     return online, max_steps - 1
 
 
-def eval_rounds_before(step: int, interval: int, *, base_model: bool = True) -> int:
-    """Online eval rounds of the checkpoints before ``step`` (the ``eval_checkpoints`` < ``step``).
-
-    The eval log records launch_checks.py's ``resume-split`` keeps when a run resumes from
-    checkpoint ``step`` (without ``max_steps``: the resumed run may change it).
-    """
-    enough = max(-(-step // interval), 0)  # labels are interval apart from 0 or interval
-    online, _ = eval_checkpoints(interval, base_model=base_model, rounds=enough)
-    return sum(1 for checkpoint in online if checkpoint < step)
-
-
 def attribute_eval_rounds(
     rollouts: Rollouts,
     eval_size: int | None,
