@@ -39,6 +39,7 @@ import sys
 import sysconfig
 import tomllib
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -401,8 +402,9 @@ def wandb_key() -> str | None:
 
 
 def _wandb_host() -> str:
+    """The ~/.netrc machine `wandb login` writes: the API host without its port."""
     base = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
-    return base.split("://", 1)[-1].split("/", 1)[0]
+    return urllib.parse.urlparse(base).hostname or base
 
 
 def wandb_check(timeout: float = 20.0) -> str:

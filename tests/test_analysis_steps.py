@@ -135,7 +135,7 @@ def test_eval_rounds_follow_prime_rl_cadence(
 def test_eval_rounds_before_a_resume_follow_prime_rl_cadence(
     interval: int, base_model: bool
 ) -> None:
-    """The rounds prepare-resume keeps: prime-rl's online rounds of checkpoints < the resume step."""
+    """Rounds prepare-resume keeps: prime-rl's online rounds of checkpoints < the resume step."""
     online = prime_rl_eval_rounds(60, interval, base_model)[:-1]
     schedule = EvalSchedule(interval, base_model, -1, 1, None, 1.0, ())
     for step in range(0, 50):

@@ -89,3 +89,35 @@ def test_analysis_venv_failure_is_reported(box: FakeBox) -> None:
     result = box.run("setup_runpod.sh", FAKE_ANALYSIS_SYNC_RC="1")
     assert result.returncode != 0
     assert "could not build the analysis venv" in result.stderr
+
+
+def test_large_volume_takes_prime_rl_and_the_caches(box: FakeBox) -> None:
+    """RunPod mounts a large volume at /workspace; the container disk is small and lost on
+    restart. When one is mounted, prime-rl's venv, uv's cache and the HF cache go there."""
+    volume = box.root / "workspace"
+    volume.mkdir()
+    env = {"CQA_VOLUME": str(volume), "FAKE_VOLUME": str(volume)}
+    result = box.run("setup_runpod.sh", **env)
+    assert result.returncode == 0, result.stderr
+    assert f"Installing into {volume} (prime-rl: {volume}/prime-rl)" in result.stdout
+    assert f"clone https://github.com/PrimeIntellect-ai/prime-rl.git {volume}/prime-rl" in (
+        box.calls("git")
+    )
+    # run_training.sh resolves the same root: its outputs and prime-rl are on the volume too.
+    train = box.run("run_training.sh", "--dry-run", HF_TOKEN="hf_x", **env)
+    assert train.returncode == 0, train.stderr
+    assert f"-> {volume}/outputs/calibrated_qa_gemma2_2b" in train.stdout
+    assert f"into the Hugging Face cache ({volume}/.cache/huggingface/hub)" in train.stdout
+
+
+def test_no_volume_means_home(box: FakeBox) -> None:
+    result = box.run("setup_runpod.sh", CQA_VOLUME=str(box.root / "absent"))
+    assert result.returncode == 0, result.stderr
+    assert f"Installing into {box.home} (prime-rl: {box.prime_rl})" in result.stdout
+
+
+def test_setup_refuses_a_small_disk_before_installing(box: FakeBox) -> None:
+    result = box.run("setup_runpod.sh", FAKE_DF_KB=str(20 * 10**9 // 1024))
+    assert result.returncode == 1
+    assert "only 20 GB free" in result.stderr and "setup needs 60 GB" in result.stderr
+    assert work_done(box) == [], "nothing installed on a disk that cannot hold it"
