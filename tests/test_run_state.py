@@ -179,3 +179,43 @@ def test_prune_keeps_what_a_resume_or_the_running_orchestrator_needs(tmp_path: P
     # No common step yet (early in a run): nothing is pruned.
     fresh = fake_run(tmp_path / "fresh", broadcasts=(1, 2))
     assert run_state.prune_broadcasts(fresh) == []
+
+
+def test_pruner_prunes_then_stops_when_its_launcher_is_killed(tmp_path: Path) -> None:
+    """run_training.sh starts the pruner in the background; SIGKILL of the launcher (no trap
+    runs) must not leave it running: it notices it was re-parented and exits."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = fake_run(tmp_path / "out", trainer=(4,), orchestrator=(4,), broadcasts=(2, 4, 5))
+    script = Path(__file__).resolve().parent.parent / "scripts" / "launch_checks.py"
+    pid_file = tmp_path / "pruner.pid"
+    launcher = subprocess.Popen(
+        [
+            "bash",
+            "-c",
+            f'"{sys.executable}" "{script}" prune-broadcasts "{out}" --parent $$ --every 0.1 &'
+            f' echo $! > "{pid_file}"; wait',
+        ],
+    )
+    deadline = time.monotonic() + 20
+    while run_state.steps(out, "broadcasts") != [4, 5] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert run_state.steps(out, "broadcasts") == [4, 5]
+    pruner = int(pid_file.read_text())
+    os.kill(launcher.pid, signal.SIGKILL)
+    launcher.wait()
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pruner, 0)
+        except ProcessLookupError:
+            break
+        if Path(f"/proc/{pruner}/stat").read_text().split()[2] == "Z":
+            break  # exited, waiting to be reaped by init
+        time.sleep(0.1)
+    else:
+        os.kill(pruner, signal.SIGKILL)
+        raise AssertionError("the pruner outlived its launcher")
