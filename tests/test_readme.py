@@ -1,4 +1,5 @@
-"""Figures in the README come from the project's own outputs, not from hand edits."""
+"""Figures in the README come from the project's own outputs, not from hand edits; the
+environment reference (docs/environment.md) matches the code."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import re
 from tests.conftest import REPO
 
 README = (REPO / "README.md").read_text()
+ENVIRONMENT = (REPO / "docs" / "environment.md").read_text()
 
 
 def test_results_section_is_the_generated_one() -> None:
@@ -30,7 +32,7 @@ def test_environment_arguments_table_matches_the_signature() -> None:
 
     from calibrated_qa.environment import load_environment
 
-    section = README.split("### Arguments", 1)[1].split("\n### ", 1)[0]
+    section = ENVIRONMENT.split("## Arguments", 1)[1].split("\n## ", 1)[0]
     documented = set(re.findall(r"^\| `(\w+)`(?: / `(\w+)`)? \|", section, re.M))
     names = {name for pair in documented for name in pair if name}
     assert names == set(inspect.signature(load_environment).parameters)
@@ -39,7 +41,7 @@ def test_environment_arguments_table_matches_the_signature() -> None:
 def test_record_schema_table_matches_the_code() -> None:
     from calibrated_qa.records import RECORD_FIELDS
 
-    section = README.split("### The generation log", 1)[1].split("\n## ", 1)[0]
+    section = ENVIRONMENT.split("## The generation log", 1)[1].split("\n## ", 1)[0]
     documented = set()
     for cell in re.findall(r"^\| ([^|]+) \|", section, re.M):
         documented.update(re.findall(r"`(\w+)`", cell))
