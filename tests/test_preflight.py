@@ -175,3 +175,26 @@ def test_cuda_check_fails_fast_without_a_device() -> None:
     pytest.importorskip("torch")
     with pytest.raises(CheckError, match="sees no CUDA device"):
         cuda_devices(2)
+
+
+def test_prefetch_failure_is_a_check_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No network (the hub offline, an empty cache): the download fails first, named."""
+    from scripts.launch_checks import prefetch
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(CheckError, match="could not download google/gemma-2-2b-it"):
+        prefetch("google/gemma-2-2b-it", str(REPO / "data" / "boolq"))
+    # Once cached (the hub's cache layout), the same call returns the snapshot folder offline:
+    # the folder whose safetensors headers the disk formula reads.
+    revision = "0" * 40
+    repo = tmp_path / "hub" / "models--google--gemma-2-2b-it"
+    safetensors(repo / "snapshots" / revision / "model.safetensors", {"w": ("BF16", [8])})
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    path = prefetch("google/gemma-2-2b-it", str(REPO / "data" / "boolq"))
+    assert disk_need.model_size(Path(path)).parameters == 8
