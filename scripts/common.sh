@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# Shared by setup_runpod.sh, run_training.sh and eval_model.sh (sourced, not run).
+# Shared by setup_runpod.sh, run_training.sh and scripts/eval_model.sh (sourced, not run).
 # shellcheck disable=SC2034 # the pins below are used by the scripts that source this file
 
 # The pinned stack (see docs/training.md). Override the commit with PRIME_RL_COMMIT=<sha>.

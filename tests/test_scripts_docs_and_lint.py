@@ -18,7 +18,7 @@ from tests.fixtures.scripts.fakebox import FAKES, REPO
 SCRIPTS = sorted(str(p.relative_to(REPO)) for p in [*REPO.glob("*.sh"), *REPO.glob("scripts/*.sh")])
 DOCS = [REPO / "README.md", REPO / "CLAUDE.md", *sorted((REPO / "docs").glob("*.md"))]
 FENCE = re.compile(r"^```[^\n]*\n(.*?)^```", re.S | re.M)
-PROJECT_SCRIPT = re.compile(r"(?:^|[\s/\"'])([\w-]+\.(?:sh|py))(?=$|[\s\"';|&)])")
+PROJECT_SCRIPT = re.compile(r"(?:^|[\s/\"'])((?:scripts/)?[\w-]+\.(?:sh|py))(?=$|[\s\"';|&)])")
 
 
 def test_shellcheck_clean() -> None:

@@ -32,7 +32,9 @@ def free_port() -> int:
 
 
 def evaluate(box: FakeBox, model: str, *args: str, **env: str):
-    return box.run("eval_model.sh", "--model", model, "--out", str(box.root / "eval"), *args, **env)
+    return box.run(
+        "scripts/eval_model.sh", "--model", model, "--out", str(box.root / "eval"), *args, **env
+    )
 
 
 def server_stopped(box: FakeBox) -> bool:
@@ -139,7 +141,7 @@ def test_refuses_to_mix_two_evaluations(box: FakeBox, checkpoint: Path) -> None:
 def test_required_arguments_and_help() -> None:
     import subprocess
 
-    script = str(REPO / "eval_model.sh")
+    script = str(REPO / "scripts" / "eval_model.sh")
     help_text = subprocess.run([script, "--help"], capture_output=True, text=True).stdout
     for flag in (
         "--model",

@@ -2,7 +2,7 @@
 # Evaluate a model or checkpoint on the balanced BoolQ validation split, offline, on one GPU.
 set -euo pipefail
 
-REPO_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=scripts/common.sh
 source "$REPO_DIR/scripts/common.sh"
 
