@@ -1,0 +1,87 @@
+"""Validate configs/prime-rl-main/*.toml against prime-rl's own config classes at 559b447, offline.
+
+prime-rl's ``packages/prime-rl-configs`` is its slim config schema (no GPU or ML dependencies):
+``RLConfig`` parsed by ``pydantic_config.cli`` exactly as ``uv run rl @ CONFIG`` parses it. Its
+taskset tables are narrowed to calibrated-qa's own ``TasksetConfig`` through verifiers' loaders,
+so a typo in a taskset key fails here as it would on the GPU box.
+
+Run it with a Python that holds verifiers 0.3.1.dev62 (what 559b447 locks; it brings
+prime-pydantic-config 0.4.3 and renderers) and calibrated-qa, e.g. the v1 test venv of .ci/run:
+
+    PRIME_RL_GIT=<prime-rl clone or git dir> python scripts/check_prime_rl_main_config.py CONFIG...
+
+Prints ``OK <file>: <key values>`` per valid file, ``INVALID <file>: <error>`` otherwise; exits 1
+if any is invalid.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+PRIME_RL_COMMIT = "559b44772e471d1538537b8805cc77f3824a5e64"
+CONFIGS_SOURCE = "packages/prime-rl-configs/src"
+
+
+def extract_prime_rl_configs(git_dir: str, into: Path) -> Path:
+    """``packages/prime-rl-configs/src`` at the commit, from a clone or a bare git dir."""
+    archive = subprocess.run(
+        ["git", "-C", git_dir, "archive", "--format=tar", PRIME_RL_COMMIT, CONFIGS_SOURCE],
+        check=True,
+        capture_output=True,
+    ).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(into, filter="data")
+    return into / CONFIGS_SOURCE
+
+
+def summary(config: object) -> str:
+    orchestrator = config.orchestrator  # type: ignore[attr-defined]
+    train = orchestrator.train
+    tasksets = [
+        (source.name, source.env.taskset.id, source.env.taskset.dataset_split)
+        for source in train.source + (orchestrator.eval.source if orchestrator.eval else [])
+    ]
+    return (
+        f"model={config.model.name} max_steps={config.max_steps} "  # type: ignore[attr-defined]
+        f"batch_size={orchestrator.batch_size} group_size={orchestrator.group_size} "
+        f"max_completion_tokens={train.sampling.max_completion_tokens} "
+        f"seq_len={orchestrator.seq_len} sources={tasksets}"
+    )
+
+
+def main(paths: list[str]) -> int:
+    git_dir = os.environ.get("PRIME_RL_GIT")
+    if not git_dir:
+        print(
+            "set PRIME_RL_GIT to a clone (or git dir) of PrimeIntellect-ai/prime-rl",
+            file=sys.stderr,
+        )
+        return 2
+    if not paths:
+        print(f"usage: {sys.argv[0]} CONFIG.toml [...]", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory() as tmp:
+        sys.path.insert(0, str(extract_prime_rl_configs(git_dir, Path(tmp))))
+        from prime_rl.configs.rl import RLConfig
+        from prime_rl.utils.config import cli
+
+        status = 0
+        for path in paths:
+            try:
+                config = cli(RLConfig, args=["@", path])
+            except BaseException as exc:  # pydantic_config exits on a bad config
+                print(f"INVALID {path}: {type(exc).__name__}: {exc}")
+                status = 1
+                continue
+            print(f"OK {path}: {summary(config)}")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
