@@ -76,7 +76,7 @@ def main(paths: list[str]) -> int:
             try:
                 config = cli(RLConfig, args=["@", path])
             except BaseException as exc:  # pydantic_config exits on a bad config
-                print(f"INVALID {path}: {type(exc).__name__}: {exc}")
+                print(f"INVALID {path}: {type(exc).__name__}: {' '.join(str(exc).split())}")
                 status = 1
                 continue
             print(f"OK {path}: {summary(config)}")
