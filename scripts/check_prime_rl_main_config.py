@@ -16,6 +16,7 @@ if any is invalid.
 
 from __future__ import annotations
 
+import argparse
 import io
 import os
 import subprocess
@@ -55,16 +56,19 @@ def summary(config: object) -> str:
     )
 
 
-def main(paths: list[str]) -> int:
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        description=f"Validate prime-rl configs against prime-rl {PRIME_RL_COMMIT[:7]}'s config "
+        "classes, offline. PRIME_RL_GIT names a clone or git dir of prime-rl."
+    )
+    parser.add_argument("configs", nargs="+", metavar="CONFIG.toml")
+    paths = parser.parse_args(argv).configs
     git_dir = os.environ.get("PRIME_RL_GIT")
     if not git_dir:
         print(
             "set PRIME_RL_GIT to a clone (or git dir) of PrimeIntellect-ai/prime-rl",
             file=sys.stderr,
         )
-        return 2
-    if not paths:
-        print(f"usage: {sys.argv[0]} CONFIG.toml [...]", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory() as tmp:
         sys.path.insert(0, str(extract_prime_rl_configs(git_dir, Path(tmp))))
