@@ -90,19 +90,28 @@ def test_one_rollout_through_the_eval_cli_writes_a_valid_record(tmp_path: Path) 
         assert record["completion_tokens"] is not None  # usage came back through the stream
 
 
-def test_the_prime_rl_main_config_is_valid_for_prime_rl_559b447(tmp_path: Path) -> None:
+def test_the_prime_rl_main_configs_are_valid_for_prime_rl_559b447(tmp_path: Path) -> None:
     git = os.environ.get("PRIME_RL_GIT")
     if not git:
         pytest.skip("set PRIME_RL_GIT to a git dir of PrimeIntellect-ai/prime-rl to run this test")
-    config = REPO / "configs" / "prime-rl-main" / "calibrated_qa_gemma2_2b.toml"
-    typo = tmp_path / "typo.toml"
-    typo.write_text(config.read_text().replace("length_unit =", "length_units =", 1))
+    configs = REPO / "configs" / "prime-rl-main"
+    recipe, no_passage = (
+        configs / "calibrated_qa_gemma2_2b.toml",
+        configs / "calibrated_qa_gemma2_2b_no_passage.toml",
+    )
+    typo, mismatch = tmp_path / "typo.toml", tmp_path / "mismatch.toml"
+    typo.write_text(recipe.read_text().replace("length_unit =", "length_units =", 1))
+    mismatch.write_text(
+        recipe.read_text().replace("max_completion_tokens = 512", "max_completion_tokens = 1024", 1)
+    )
     result = subprocess.run(
         [
             sys.executable,
             str(REPO / "scripts" / "check_prime_rl_main_config.py"),
-            str(config),
+            str(recipe),
+            str(no_passage),
             str(typo),
+            str(mismatch),
         ],
         capture_output=True,
         text=True,
@@ -111,9 +120,19 @@ def test_the_prime_rl_main_config_is_valid_for_prime_rl_559b447(tmp_path: Path) 
     )
     lines = result.stdout.splitlines()
     assert result.returncode == 1, result.stdout + result.stderr
-    assert lines[0].startswith(f"OK {config}: model=google/gemma-2-2b-it max_steps=50 "), lines
-    assert "batch_size=1024 group_size=8 max_completion_tokens=512 seq_len=2048" in lines[0]
-    assert lines[1].startswith(f"INVALID {typo}") and "length-units" in lines[1], lines
+    shape = (
+        "model=google/gemma-2-2b-it max_steps=50 batch_size=1024 group_size=8 "
+        "max_completion_tokens=512 seq_len=2048"
+    )
+    assert lines[0].startswith(f"OK {recipe}: {shape} "), lines
+    assert lines[0].count("include_passage=True") == 2 and "'validation'" in lines[0]
+    assert lines[1].startswith(f"OK {no_passage}: {shape} "), lines
+    assert lines[1].count("include_passage=False") == 2
+    assert lines[2].startswith(f"INVALID {typo}") and "length-units" in lines[2], lines
+    assert lines[3] == (
+        f"INVALID {mismatch}: source 'boolq-train': sampling max_completion_tokens = 1024, "
+        "but taskset.task.max_tokens = 512 (the length penalty's M): set both alike"
+    )
 
 
 @pytest.mark.skipif(shutil.which("uv") is None, reason="needs uv on PATH")
