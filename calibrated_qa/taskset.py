@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from typing import Literal
 
 import verifiers.v1 as vf
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from calibrated_qa.data import DEFAULT_DATASET, DEFAULT_SEED, build_split
 from calibrated_qa.prompt import DEFAULT_MAX_PASSAGE_CHARS
@@ -78,11 +78,18 @@ class CalibratedQATasksetConfig(vf.TasksetConfig):
     seed: int = DEFAULT_SEED
     """Seed of the shuffles in balancing."""
     num_examples: int = Field(-1, ge=-1)
-    """First N balanced rows (-1 = all); 0 is refused by ``build_split``'s caller below."""
+    """First N balanced rows, -1 for all."""
     log_split: Split | None = None
     """Log file of this taskset's rollouts; default ``train`` for the ``train`` split, else
     ``eval``, so held-out rollouts never mix into the training log."""
     task: CalibratedQATaskConfig = CalibratedQATaskConfig()
+
+    @field_validator("num_examples")
+    @classmethod
+    def _all_or_some(cls, value: int) -> int:
+        if value == 0:
+            raise ValueError("num_examples must be -1 (all) or a positive count, got 0")
+        return value
 
 
 class CalibratedQAData(vf.TaskData):
@@ -176,8 +183,6 @@ class CalibratedQATaskset(vf.Taskset[CalibratedQATask, CalibratedQATasksetConfig
 
     def load(self) -> Iterator[CalibratedQATask]:
         config = self.config
-        if config.num_examples == 0:
-            raise ValueError("num_examples must be -1 (all) or a positive count, got 0")
         rows = build_split(
             dataset_name=config.dataset_name,
             split=config.dataset_split,

@@ -64,6 +64,8 @@ def test_tasks_are_the_classic_rows_in_the_classic_order() -> None:
 def test_unknown_or_bad_keys_are_refused() -> None:
     with pytest.raises(ValueError, match="dataset_splt"):
         taskset_config(dataset_splt="train")
+    with pytest.raises(ValueError, match="num_examples must be -1 .all. or a positive count"):
+        taskset_config(num_examples=0)
     with pytest.raises(ValueError, match="max_tokens"):
         taskset_config(task={"max_tokens": 0})
     with pytest.raises(ValueError, match="length_unit"):
