@@ -16,6 +16,8 @@ from datasets import Dataset
 
 from calibrated_qa.prompt import DEFAULT_MAX_PASSAGE_CHARS, build_prompt
 
+DEFAULT_DATASET = "google/boolq"
+DEFAULT_SEED = 42
 REQUIRED_COLUMNS = ("question", "passage", "answer")
 _SUFFIXES = {".jsonl": "json", ".json": "json", ".jsonl.gz": "json", ".parquet": "parquet"}
 

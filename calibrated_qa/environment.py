@@ -18,15 +18,19 @@ from typing import Any
 
 import verifiers as vf
 
-from calibrated_qa.data import build_split
+from calibrated_qa.data import DEFAULT_DATASET, DEFAULT_SEED, build_split
 from calibrated_qa.parsing import parse_answer
 from calibrated_qa.prompt import DEFAULT_MAX_PASSAGE_CHARS
 from calibrated_qa.records import LOG_DIR_ENV_VAR, GenerationLog, make_record
-from calibrated_qa.reward import LENGTH_UNITS, LengthUnit, RolloutScore, score_completion
+from calibrated_qa.reward import (
+    DEFAULT_MAX_TOKENS,
+    LENGTH_UNITS,
+    LengthUnit,
+    RolloutScore,
+    check_sampler_max_tokens,
+    score_completion,
+)
 
-DEFAULT_DATASET = "google/boolq"
-DEFAULT_MAX_TOKENS = 512
-DEFAULT_SEED = 42
 _SCORE_KEY = "calibrated_qa_score"
 
 
@@ -76,18 +80,12 @@ def completion_token_count(state: Any) -> int | None:
 
 
 def check_sampling_max_tokens(sampling_args: Any, max_tokens: int) -> None:
-    """Refuse to sample with a ``max_tokens`` other than the length penalty's ``M``.
-
-    A mismatch would silently skew the penalty (e.g. M = 512 while sampling 1,024 tokens lets
-    rambling go unpunished up to the cut-off), so it is an error, not a warning.
-    """
-    sampled = (sampling_args or {}).get("max_tokens")
-    if sampled is not None and sampled != max_tokens:
-        raise ValueError(
-            f"the sampler's max_tokens ({sampled}) differs from the environment's max_tokens "
-            f"({max_tokens}), the M of the length penalty: set both to the same value "
-            "([orchestrator.sampling].max_tokens and the env's args.max_tokens)"
-        )
+    """Refuse to sample with a ``max_tokens`` other than the length penalty's ``M``."""
+    check_sampler_max_tokens(
+        (sampling_args or {}).get("max_tokens"),
+        max_tokens,
+        settings="[orchestrator.sampling].max_tokens and the env's args.max_tokens",
+    )
 
 
 def stopped_at_max_tokens(state: Any) -> bool:

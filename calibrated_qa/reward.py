@@ -26,6 +26,7 @@ from calibrated_qa.parsing import Answer, parse_answer
 LengthUnit = Literal["chars", "tokens"]
 LENGTH_UNITS: tuple[LengthUnit, ...] = ("chars", "tokens")
 CHARS_PER_TOKEN = 4
+DEFAULT_MAX_TOKENS = 512  # the reference recipe's sampler max_tokens, the M of the penalty
 
 
 def brier_score(p_yes: float, label: bool) -> float:
@@ -82,6 +83,21 @@ def completion_length(
     if unit == "tokens" and completion_tokens is not None:
         return float(completion_tokens), "tokens"
     return len(text) / CHARS_PER_TOKEN, "chars"
+
+
+def check_sampler_max_tokens(sampled: int | None, max_tokens: int, *, settings: str) -> None:
+    """Refuse a sampler ``max_tokens`` other than the length penalty's ``M``.
+
+    A mismatch would silently skew the penalty (e.g. M = 512 while sampling 1,024 tokens lets
+    rambling go unpunished up to the cut-off), so it is an error, not a warning. ``settings``
+    names the two config keys to align, which differ between the classic and v1 configs.
+    """
+    if sampled is not None and sampled != max_tokens:
+        raise ValueError(
+            f"the sampler's max_tokens ({sampled}) differs from the environment's max_tokens "
+            f"({max_tokens}), the M of the length penalty: set both to the same value "
+            f"({settings})"
+        )
 
 
 @dataclass(frozen=True)

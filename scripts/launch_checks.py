@@ -51,6 +51,9 @@ import run_state
 ENV_ID = "calibrated-qa"
 PACKAGE = "calibrated_qa"
 DIST = "calibrated-qa"
+# The pinned stack runs the classic adapter: its verifiers range lives in the `classic` extra
+# (calibrated_qa/pyproject.toml), so the installed verifiers is checked against it too.
+CHECKED_EXTRAS = ("", "classic")
 
 
 class CheckError(Exception):
@@ -247,11 +250,14 @@ def installed_problems(source: Path, purelib: Path, search_path: list[Path]) -> 
         }
         for line in dist.requires or []:
             req = Requirement(line)
-            if req.marker is not None and not req.marker.evaluate({"extra": ""}):
+            if req.marker is not None and not any(
+                req.marker.evaluate({"extra": extra}) for extra in CHECKED_EXTRAS
+            ):
                 continue
             have = installed_versions.get(req.name.lower().replace("_", "-"))
             if have is None or not req.specifier.contains(have, prereleases=True):
-                problems.append(f"{DIST} requires {req}, installed: {have or 'nothing'}")
+                needed = f"{req.name}{req.specifier}"
+                problems.append(f"{DIST} requires {needed}, installed: {have or 'nothing'}")
 
     if origin.name == "__init__.py" and not problems:
         ours, theirs = _package_files(source), _package_files(origin.parent)

@@ -8,6 +8,10 @@ OpenAI client merges into the JSON body), ``prompt_token_ids``, ``choices[0].tok
 ``logprobs`` is asked for, one logprob per completion token: what verifiers'
 ``OpenAIChatCompletionsClient.from_native_response`` reads to build ``ResponseTokens``.
 
+A request with ``"stream": true`` (the v1 null harness's chat program streams) gets the same
+completion as server-sent events, OpenAI's chunk format: the role, the text in a few pieces, the
+finish reason, a usage chunk when ``stream_options.include_usage`` asks for one, ``[DONE]``.
+
 Every request body is kept in ``requests`` (thread-safe) for assertions.
 """
 
@@ -94,7 +98,22 @@ class FakeOpenAIServer:
                         server.errors.append(repr(exc))
                     self._send(500, {"error": {"message": repr(exc)}})
                     return
-                self._send(200, payload)
+                if body.get("stream"):
+                    self._stream(body, payload)
+                else:
+                    self._send(200, payload)
+
+            def _stream(self, body: dict[str, Any], payload: dict[str, Any]) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Connection", "close")  # the end of the body ends the stream
+                self.end_headers()
+                self.close_connection = True
+                for chunk in stream_chunks(body, payload):
+                    self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                    self.wfile.flush()
+                self.wfile.write(b"data: [DONE]\n\n")
+                self.wfile.flush()
 
             def _send(self, status: int, payload: dict[str, Any]) -> None:
                 data = json.dumps(payload).encode()
@@ -164,3 +183,26 @@ class FakeOpenAIServer:
             payload["prompt_token_ids"] = [7] * prompt_tokens
             choice["token_ids"] = [11] * n
         return payload
+
+
+def stream_chunks(body: dict[str, Any], payload: dict[str, Any]) -> list[dict[str, Any]]:
+    """A whole chat completion as the ``chat.completion.chunk`` objects of a stream."""
+    choice = payload["choices"][0]
+    text = choice["message"]["content"]
+    head = {k: payload[k] for k in ("id", "created", "model")} | {"object": "chat.completion.chunk"}
+
+    def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+        return head | {
+            "choices": [
+                {"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}
+            ]
+        }
+
+    size = max(1, len(text) // 3)
+    pieces = [text[i : i + size] for i in range(0, len(text), size)]
+    chunks = [chunk({"role": "assistant", "content": ""})]
+    chunks += [chunk({"content": piece}) for piece in pieces]
+    chunks.append(chunk({}, choice["finish_reason"]))
+    if (body.get("stream_options") or {}).get("include_usage"):
+        chunks.append(head | {"choices": [], "usage": payload["usage"]})
+    return chunks

@@ -91,7 +91,7 @@ def test_the_launch_scripts_install_keeps_the_pinned_verifiers(prime_like_venv: 
 
 
 def test_a_plain_install_with_dependencies_keeps_it_too(prime_like_venv: Path) -> None:
-    """Whoever installs without --no-deps is safe as well: the requirement admits the pin."""
+    """An install with dependencies and the classic extra is safe as well: it admits the pin."""
     python = prime_like_venv
     uv(
         "pip",
@@ -100,7 +100,7 @@ def test_a_plain_install_with_dependencies_keeps_it_too(prime_like_venv: Path) -
         str(python),
         "--reinstall-package",
         "calibrated-qa",
-        str(REPO / "calibrated_qa"),
+        f"{REPO / 'calibrated_qa'}[classic]",
     )
     assert installed_version(python, "verifiers") == PINNED
     assert_environment_loads(python)

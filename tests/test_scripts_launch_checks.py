@@ -43,7 +43,12 @@ def site(tmp_path: Path) -> Path:
             target = pkg / f.relative_to(SOURCE)
             target.parent.mkdir(exist_ok=True)
             target.write_bytes(f.read_bytes())
-    reqs = ("verifiers<0.2,>=0.1.12.dev1", "datasets>=3.0", "numpy>=1.26; extra == 'analysis'")
+    reqs = (
+        "datasets>=3.0",
+        "verifiers<0.2,>=0.1.12.dev1; extra == 'classic'",
+        "verifiers<0.5,>=0.3.1.dev62; extra == 'v1'",
+        "numpy>=1.26; extra == 'analysis'",
+    )
     dist_info(site, "calibrated-qa", VERSION, reqs)
     dist_info(site, "verifiers", "0.1.12.dev1")
     dist_info(site, "datasets", "4.0.0")
@@ -82,7 +87,7 @@ def test_version_and_requirements(site: Path) -> None:
     shutil.rmtree(site / "verifiers-0.1.12.dev1.dist-info")
     dist_info(site, "verifiers", "0.4.0")  # the dependency trap: an "upgraded" verifiers
     shutil.rmtree(site / "calibrated_qa-0.1.0.dist-info")
-    dist_info(site, "calibrated-qa", "0.0.9", ("verifiers<0.2,>=0.1.12.dev1",))
+    dist_info(site, "calibrated-qa", "0.0.9", ("verifiers<0.2,>=0.1.12.dev1; extra == 'classic'",))
     problems = " | ".join(installed_problems(SOURCE, site, [site]))
     assert "version 0.0.9, this checkout is 0.1.0" in problems
     assert "requires verifiers<0.2,>=0.1.12.dev1, installed: 0.4.0" in problems

@@ -1,0 +1,160 @@
+"""Exact training steps of generation-log records, from today's prime-rl's per-step episode files.
+
+On the pinned stack the step of a record is inferred (``index // batch_size``, approximate; see
+``calibrated_qa/analysis/steps.py``). prime-rl 559b447's file monitor (``src/prime_rl/monitors/
+file.py``, ``FileMonitor.log_episodes``, on by default) writes every episode, as verifiers'
+``Episode.to_record()``, one JSON object per line, to
+
+    <output_dir>/rollouts/step_<N>/<train|eval>/<all|effective>/traces.jsonl
+
+``all`` holds every episode that finished for step N, ``effective`` those shipped to the trainer.
+An episode carries its task's data (``idx``: the record's ``example_id``) and its traces (each
+sampled assistant message: the record's ``completion``), so a record's step is looked up, not
+inferred: key ``(split, example_id, completion)``. The orchestrator's step line changed too
+(``orchestrator.py``, ``log_train_batch``): ``Step N | <time> | Reward 0.1234 | ...``, the mean
+reward of the traces shipped to the trainer at step N.
+
+This module is not part of the environment package (it would ship in the wheel) and not yet of
+``calibrated_qa.analysis``: it is meant to move there, unchanged, as ``episodes.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import defaultdict, deque
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+Split = Literal["train", "eval"]
+Subset = Literal["all", "effective"]
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+# prime-rl 559b447, orchestrator.py log_train_batch: "Step {step} | {time} | Reward {r:.4f} | ..."
+_STEP_LINE = re.compile(r"\bStep (\d+) \|[^|]*\| Reward (-?[0-9.]+(?:e-?\d+)?) \|")
+
+
+class EpisodeFileError(ValueError):
+    """An episode file line that cannot be read; the message names the file, line and field."""
+
+
+@dataclass(frozen=True)
+class EpisodeRollout:
+    """One trace of one episode, as the file monitor wrote it at ``step``."""
+
+    step: int
+    split: Split
+    example_id: int
+    completion: str  # every sampled assistant message's content, concatenated
+    reward: float | None  # the weighted sum of its rewards; None when the trace was not scored
+    ok: bool  # scored without error: the ones calibrated-qa logs
+
+
+def episode_files(run_dir: Path, subset: Subset = "all") -> list[tuple[int, Split, Path]]:
+    """``(step, split, path)`` of every episode file under ``run_dir/rollouts``, by step."""
+    found = []
+    rollouts = Path(run_dir) / "rollouts"
+    for step_dir in rollouts.iterdir() if rollouts.is_dir() else []:
+        match = _STEP_DIR.match(step_dir.name)
+        if match is None:
+            continue
+        for split in ("train", "eval"):
+            path = step_dir / split / subset / "traces.jsonl"
+            if path.is_file():
+                found.append((int(match.group(1)), split, path))
+    return sorted(found)
+
+
+def _rollouts_of(record: Any, step: int, split: Split, where: str) -> list[EpisodeRollout]:
+    def field(obj: Any, name: str, kind: type, path: str) -> Any:
+        value = obj.get(name) if isinstance(obj, dict) else None
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise EpisodeFileError(
+                f"{where}: field {path!r} is missing or not of type {kind.__name__}"
+            )
+        return value
+
+    data = field(field(record, "task", dict, "task"), "data", dict, "task.data")
+    example_id = field(data, "idx", int, "task.data.idx")
+    rollouts = []
+    for i, trace in enumerate(field(record, "traces", list, "traces")):
+        nodes = field(trace, "nodes", list, f"traces[{i}].nodes")
+        messages = [node.get("message") or {} for node in nodes if node.get("sampled")]
+        completion = "".join(
+            m.get("content") or "" for m in messages if m.get("role") == "assistant"
+        )
+        rewards = trace.get("rewards") or {}
+        scored = rewards and all(isinstance(r, dict) for r in rewards.values())
+        reward = (
+            sum(r["score"] * r.get("weight", 1.0) for r in rewards.values()) if scored else None
+        )
+        rollouts.append(
+            EpisodeRollout(step, split, example_id, completion, reward, trace.get("ok") is True)
+        )
+    return rollouts
+
+
+def read_episode_rollouts(run_dir: Path, subset: Subset = "all") -> list[EpisodeRollout]:
+    """Every trace in the run's episode files, in step order, then file order.
+
+    A torn last line (a writer killed mid-line: no final newline) is skipped; any other line
+    that is not an episode record is an error naming the file, line and field.
+    """
+    rollouts: list[EpisodeRollout] = []
+    for step, split, path in episode_files(run_dir, subset):
+        text = path.read_text(encoding="utf-8")
+        lines = text.split("\n")
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                if number == len(lines):  # the torn last line
+                    continue
+                raise EpisodeFileError(f"{path}:{number}: not JSON ({exc.msg})") from None
+            rollouts.extend(_rollouts_of(record, step, split, f"{path}:{number}"))
+    return rollouts
+
+
+@dataclass(frozen=True)
+class StepMatch:
+    """Steps of a sequence of generation-log records, and what could not be matched."""
+
+    steps: list[int | None]  # per record; None where no episode holds it
+    unmatched: int
+    ambiguous: int  # records whose key appears at more than one step (assigned in order)
+
+
+def steps_of_records(
+    records: Iterable[Mapping[str, Any]], rollouts: Sequence[EpisodeRollout]
+) -> StepMatch:
+    """The exact step of each generation-log record (schema 1), looked up in ``rollouts``.
+
+    Identical keys (the same question answered with the same text) are assigned to their steps
+    in order: records are appended, and episode files written, as rollouts finish. Only traces
+    that were scored (``ok``) are candidates, as only those are logged.
+    """
+    by_key: dict[tuple[str, int, str], deque[int]] = defaultdict(deque)
+    for rollout in rollouts:
+        if rollout.ok:
+            by_key[(rollout.split, rollout.example_id, rollout.completion)].append(rollout.step)
+    ambiguous_keys = {key for key, steps in by_key.items() if len(set(steps)) > 1}
+    steps: list[int | None] = []
+    unmatched = ambiguous = 0
+    for record in records:
+        key = (record["split"], record["example_id"], record["completion"])
+        queue = by_key.get(key)
+        if not queue:
+            steps.append(None)
+            unmatched += 1
+            continue
+        ambiguous += key in ambiguous_keys
+        steps.append(queue.popleft())
+    return StepMatch(steps, unmatched, ambiguous)
+
+
+def read_step_rewards(orchestrator_log: str) -> dict[int, float]:
+    """Per-step mean reward from prime-rl 559b447's orchestrator log text (``Step N | ...``)."""
+    return {int(m.group(1)): float(m.group(2)) for m in _STEP_LINE.finditer(orchestrator_log)}
