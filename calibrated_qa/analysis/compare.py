@@ -327,11 +327,10 @@ def write_comparison(entries: Sequence[Entry], out: Path, *, plots_too: bool = T
             for e in entries
         ]
         plots.reliability_grid(
-            top,
+            [top, bottom],
             out / "comparison_reliability.png",
             "Reliability side by side: stated P(YES) (top), confidence in the answer (bottom)",
-            rows_of=[top, bottom],
-            row_labels=[
+            [
                 ("stated P(YES)", "fraction of true answers"),
                 ("confidence in the predicted answer", "fraction correct"),
             ],

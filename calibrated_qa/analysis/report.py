@@ -463,25 +463,29 @@ def write_plots(result: Analysis, out: Path) -> None:
         for name, part in groups
     ]
     plots.reliability_grid(
-        rollout_panels, out / "calibration_curves.png", "Reliability of stated P(YES), per rollout"
+        [rollout_panels],
+        out / "calibration_curves.png",
+        "Reliability of stated P(YES), per rollout",
+        [("stated P(YES) (10 integer-percent bins)", "observed fraction of true answers")],
     )
     if result.rollouts.has_identity:
         ens_panels = []
         for name, part in groups:
             p, y, _, empty = ensemble(part)
-            ens_panels.append(plots.Panel(name + " (questions)", p, y, p.size + empty))
+            why = "no question has a parseable rollout"
+            ens_panels.append(plots.Panel(name + " (questions)", p, y, p.size + empty, why))
         plots.reliability_grid(
-            ens_panels,
+            [ens_panels],
             out / "calibration_curves_ensemble.png",
             "Self-ensemble: mean P(YES) over a question's rollouts within a step",
-            xlabel="mean P(YES) of the question's parseable rollouts",
+            [("mean P(YES) of the question's parseable rollouts", "fraction of true answers")],
         )
     else:
         plots.message_figure(
             out / "calibration_curves_ensemble.png",
             "Self-ensemble not available",
-            "This input carries no question identity (the original per-rollout CSV):\n"
-            "rollouts of one question cannot be grouped, and adjacent lines are not a question.",
+            "this input carries no question identity (the original per-rollout CSV):\n"
+            "rollouts of one question cannot be grouped, and adjacent lines are not a question",
         )
     plots.pyes_histograms(rollout_panels, out / "pyes_histograms.png")
     plots.metric_curves(
