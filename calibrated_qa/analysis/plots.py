@@ -126,8 +126,9 @@ def pyes_histograms(panels: Sequence[Panel], path: str | os.PathLike[str]) -> No
     """Histograms of stated P(YES) per panel, split by the true answer (1% bins)."""
     cols = max(1, min(4, len(panels)))
     fig, axes = _figure(
-        math.ceil(len(panels) / cols), cols, 3.6, 2.9, "Stated P(YES) by true answer"
+        math.ceil(len(panels) / cols), cols, 3.6, 3.1, "Stated P(YES) by true answer"
     )
+    fig.subplots_adjust(hspace=0.75)
     edges = np.linspace(-0.005, 1.005, 102)
     for ax, panel in zip(axes.flat, panels, strict=False):
         unparseable = panel.n_total - panel.p.size
