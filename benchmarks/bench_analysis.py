@@ -15,7 +15,8 @@ Times are the best of ``--repeats`` runs of each (the count is written into the 
 memory the largest of them. Targets (issue 13): metrics <= 1.5x the baseline, full analysis
 <= 4x, peak memory <= 150 MB and flat in completion length.
 
-    uv run --all-extras python benchmarks/bench_analysis.py --repeats 3 --write benchmarks/RESULTS.md
+    uv run --all-extras python benchmarks/bench_analysis.py --repeats 3 \\
+        --write benchmarks/RESULTS.md
 """
 
 from __future__ import annotations
@@ -36,10 +37,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 STEPS, BATCH, ROLLOUTS, MAX_TOKENS = 50, 1024, 8, 512
-WORDS = (
-    "the passage says that this is a question about whether answer likely because it states "
-    "river county season film law team water state first series which was not"
-).split()
+WORDS = ["the", "passage", "says", "that", "this", "is", "a", "question", "about", "whether"]
+WORDS += ["answer", "likely", "because", "it", "states", "river", "county", "season", "film"]
+WORDS += ["law", "team", "water", "state", "first", "series", "which", "was", "not"]
 
 
 def completion(rng: random.Random, scale: float) -> str:
