@@ -59,6 +59,9 @@ def _save(fig: Any, path: str | os.PathLike[str], dpi: int = 100) -> None:
     _pyplot().close(fig)
 
 
+TICKS = [0, 0.25, 0.5, 0.75, 1]  # few fixed ticks: tick layout is most of a figure's cost
+
+
 def _no_data(ax: Any, why: str) -> None:
     ax.set(xticks=[], yticks=[])
     ax.text(0.5, 0.5, f"no data: {why}", ha="center", va="center", transform=ax.transAxes)
@@ -79,8 +82,8 @@ def _reliability(ax: Any, panel: Panel, xlabel: str, ylabel: str) -> None:
         for x, c in zip(centers[filled], count[filled], strict=True):  # counts at the foot
             ax.text(x, 0.02, f"{int(c)}", ha="center", va="bottom", rotation=90, fontsize=6.5)
         ece = f", ECE={expected_calibration_error(panel.p, panel.y):.3f}"
-    ax.set_title(f"{panel.title}\nn={n} parseable of {panel.n_total}{ece}", fontsize=9)
-    ax.set(xlim=(0, 1), ylim=(0, 1.05))
+    ax.set_title(f"{panel.title}\nn={n} parseable of {panel.n_total}{ece}", fontsize=9, y=1.01)
+    ax.set(xlim=(0, 1), ylim=(0, 1.05), xticks=TICKS, yticks=TICKS)
     ax.set_xlabel(xlabel, fontsize=8)
     ax.set_ylabel(ylabel, fontsize=8)
     ax.grid(alpha=0.2)
@@ -124,6 +127,8 @@ def message_figure(path: str | os.PathLike[str], title: str, message: str) -> No
 
 def pyes_histograms(panels: Sequence[Panel], path: str | os.PathLike[str]) -> None:
     """Histograms of stated P(YES) per panel, split by the true answer (1% bins)."""
+    from matplotlib.ticker import MaxNLocator
+
     cols = max(1, min(4, len(panels)))
     fig, axes = _figure(
         math.ceil(len(panels) / cols), cols, 3.6, 3.1, "Stated P(YES) by true answer"
@@ -132,10 +137,12 @@ def pyes_histograms(panels: Sequence[Panel], path: str | os.PathLike[str]) -> No
     edges = np.linspace(-0.005, 1.005, 102)
     for ax, panel in zip(axes.flat, panels, strict=False):
         unparseable = panel.n_total - panel.p.size
-        ax.set_title(f"{panel.title}\n{unparseable} unparseable of {panel.n_total}", fontsize=9)
+        title = f"{panel.title}\n{unparseable} unparseable of {panel.n_total}"
+        ax.set_title(title, fontsize=9, y=1.01)
         ax.set_xlabel("stated P(YES)", fontsize=8)
         ax.set_ylabel("rollouts", fontsize=8)
-        ax.set_xlim(0, 1)
+        ax.set(xlim=(0, 1), xticks=TICKS)
+        ax.yaxis.set_major_locator(MaxNLocator(4, integer=True))
         if panel.p.size == 0:
             _no_data(ax, panel.empty)
             continue
@@ -205,9 +212,10 @@ def metric_curves(
     fig.subplots_adjust(bottom=0.17, hspace=0.7)
     span = max(1.0, float(np.ptp(steps)) if steps.size else 1.0)
     for ax, (panel, curves) in zip(axes.flat, _CURVES.items(), strict=True):
-        ax.set_title(_TITLES[panel], fontsize=10)
+        ax.set_title(_TITLES[panel], fontsize=10, y=1.01)
         ax.set_xlabel(x_label, fontsize=9)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(MaxNLocator(6, integer=True))
+        ax.yaxis.set_major_locator(MaxNLocator(5))
         ax.grid(alpha=0.25)
         if panel == "reward" and orchestrator:
             keys = sorted(orchestrator)
