@@ -308,24 +308,12 @@ def write_comparison(entries: Sequence[Entry], out: Path, *, plots_too: bool = T
     lines += [f"- `{m}`: {DEFINITIONS[m]}." for m in COMPARE_METRICS]
     (out / "comparison.md").write_text("\n".join(lines) + "\n")
     if plots_too:
-        top = [
-            plots.Panel(
-                e.spec.label,
-                e.rollouts.p_yes[e.rollouts.parseable],
-                e.rollouts.y[e.rollouts.parseable],
-                len(e.rollouts),
-            )
+        parts = [
+            (e.spec.label, e.rollouts.subset(e.rollouts.parseable), len(e.rollouts))
             for e in entries
         ]
-        bottom = [
-            plots.Panel(
-                e.spec.label,
-                e.rollouts.confidence[e.rollouts.parseable],
-                e.rollouts.correct[e.rollouts.parseable],
-                len(e.rollouts),
-            )
-            for e in entries
-        ]
+        top = [plots.Panel(label, r.p_yes, r.y, n) for label, r, n in parts]
+        bottom = [plots.Panel(label, r.confidence, r.correct, n) for label, r, n in parts]
         plots.reliability_grid(
             [top, bottom],
             out / "comparison_reliability.png",

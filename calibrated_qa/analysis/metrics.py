@@ -6,21 +6,10 @@ vector of sums into plain floats. A step's metrics are ``finish`` of its units' 
 bootstrap resample is ``finish`` of the units' tally weighted by how often each unit was drawn
 (``bootstrap``), so resampling never needs a second definition of any metric.
 
-Definitions (also printed into every report, see ``DEFINITIONS``):
-
-- parse rate: parseable rollouts / all rollouts. Unparseable rollouts are never dropped silently.
-- prediction, correctness, confidence: ``calibrated_qa.reward``'s, for every input format. The
-  prediction is YES iff P(YES) > 0.5 (a stated 50% counts as NO); a rollout is correct iff its
-  prediction matches the truth; its confidence is ``max(P(YES), 1 - P(YES))``.
-- accuracy: correct rollouts / **all** rollouts; an unparseable rollout counts as wrong.
-- Brier: mean of the records' Brier score (``reward.brier_score``) over parseable rollouts.
-- ECE: 10 equal-width bins on the **integer percent** ``round(100 p)`` (half up): bins [0,10),
-  ..., [90,100], the last closed; ``sum_b n_b / n * |mean p_b - freq_b|``. Integer binning
-  matters: with float edges 0.3 and 0.6 fall into the bin below (0.3 != 3 * 0.1). ``ece_pyes``
-  bins P(YES) against the truth (the recipe's view); ``ece_conf`` the confidence in the
-  predicted answer against its correctness (the literature's view). Over parseable rollouts.
-- AUROC: probability that a correct parseable rollout states a higher confidence than a wrong
-  one (ties count one half).
+The definitions are written once, in ``DEFINITIONS`` (printed into every report). Prediction,
+correctness and confidence are ``calibrated_qa.reward``'s (the side of P(YES), never the answer
+word); Brier is the records' own; ECE bins the *integer percent* ``round(100 p)`` (with float
+edges 0.3 and 0.6 would fall into the bin below).
 """
 
 from __future__ import annotations
