@@ -254,3 +254,34 @@ def read_run_config(path: str | os.PathLike[str]) -> RunConfig:
     except tomllib.TOMLDecodeError as exc:
         raise RunConfigError(f"{path}: not valid TOML ({exc})") from None
     return parse_run_config(config, path)
+
+
+def eval_checkpoints(
+    interval: int, *, base_model: bool = True, max_steps: int | None = None, rounds: int
+) -> tuple[list[int], int | None]:
+    """Checkpoint labels of the online eval rounds in log order, and the final round's label.
+
+    prime-rl 6cae5cca, ``orchestrator.py`` + ``eval_utils.compute_eval_ckpt_step`` with
+    ``max_async_level = 0``: checkpoint 0 when ``base_model``, then every ``interval`` while the
+    next step is ``< max_steps``, and a final eval of checkpoint ``max_steps - 1`` after the loop.
+
+    Without ``max_steps`` the first ``rounds`` online labels (0, interval, ...) and no final.
+    With it, the online rounds prime-rl runs (checkpoints ``<= max_steps - 2``) and the final
+    one (``max_steps - 1``).
+    """
+    first = 0 if base_model else 1
+    if max_steps is None:
+        return [(first + k) * interval for k in range(rounds)], None
+    online = [c for c in range(0, max_steps - 1, interval) if c > 0 or base_model]
+    return online, max_steps - 1
+
+
+def eval_rounds_before(step: int, interval: int, *, base_model: bool = True) -> int:
+    """Online eval rounds of the checkpoints before ``step`` (the ``eval_checkpoints`` < ``step``).
+
+    The eval log records to keep when a run resumes from checkpoint ``step`` (without
+    ``max_steps``: the resumed run may change it).
+    """
+    enough = max(-(-step // interval), 0)  # labels are interval apart from 0 or interval
+    online, _ = eval_checkpoints(interval, base_model=base_model, rounds=enough)
+    return sum(1 for checkpoint in online if checkpoint < step)

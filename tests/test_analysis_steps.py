@@ -15,13 +15,13 @@ from calibrated_qa.analysis.steps import (
     attribute,
     attribute_eval_rounds,
     attribute_steps,
-    eval_rounds_before,
     group_purity,
     read_orchestrator_eval_rewards,
     read_orchestrator_rewards,
     read_run_shape,
     run_shape_from_dict,
 )
+from calibrated_qa.run_config import eval_rounds_before
 from tests.conftest import pinned_prime_rl_source
 from tests.fixtures.analysis.build import Rollout, run, write_project
 

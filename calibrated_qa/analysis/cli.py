@@ -39,14 +39,25 @@ Examples:
 
 SAMPLES_DOC = """Stratified samples of completions from chosen training steps, as a Markdown file.
 
-Reads this project's log or the original recipe's log (.jsonl or .jsonl.gz). Rollouts of each
-step are sampled evenly across correct/wrong x confident/uncertain (and unparseable), so a late
-step does not show only easy, confident answers.
+Reads this project's log or the original recipe's log (.jsonl or .jsonl.gz); samples each step
+evenly across correct/wrong x confident/uncertain (and unparseable).
 
 Example:
   python sample_generations.py --generations outputs/run/generations.jsonl \\
       --config configs/calibrated_qa_gemma2_2b.toml --steps 0 49 --n 10 --out cot_samples.md
 """
+
+
+SHAPE_OPTIONS = {
+    "--batch-size": "rollouts per training step",
+    "--rollouts-per-example": "rollouts per question",
+    "--max-steps": "training steps (default: the config's max_steps): only the first max_steps x "
+    "batch_size training records are analysed, the surplus (rollouts still in flight after the "
+    "last step) is counted and reported; the final eval round is checkpoint max_steps-1",
+    "--eval-size": "records per eval round",
+    "--eval-interval": "steps between eval rounds",
+    "--eval-rollouts-per-example": "rollouts per question in an eval round",
+}
 
 
 def positive_int(text: str) -> int:
@@ -67,25 +78,9 @@ def _parser(doc: str) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     shape = parser.add_argument_group("run shape (from --config, or explicit; explicit wins)")
-    shape.add_argument(
-        "--config", help="prime-rl TOML config (max_steps, [orchestrator] batch_size, eval, ...)"
-    )
-    shape.add_argument("--batch-size", type=positive_int, help="rollouts per training step")
-    shape.add_argument("--rollouts-per-example", type=positive_int, help="rollouts per question")
-    shape.add_argument(
-        "--max-steps",
-        type=positive_int,
-        help="training steps (default: the config's max_steps): only the first max_steps x "
-        "batch_size training records are analysed, the surplus (rollouts still in flight after "
-        "the last step) is counted and reported; the final eval round is checkpoint max_steps-1",
-    )
-    shape.add_argument("--eval-size", type=positive_int, help="records per eval round")
-    shape.add_argument("--eval-interval", type=positive_int, help="steps between eval rounds")
-    shape.add_argument(
-        "--eval-rollouts-per-example",
-        type=positive_int,
-        help="rollouts per question in an eval round (round size = questions x this)",
-    )
+    shape.add_argument("--config", help="prime-rl TOML config (max_steps, batch_size, eval, ...)")
+    for option, text in SHAPE_OPTIONS.items():
+        shape.add_argument(option, type=positive_int, help=text)
     shape.add_argument(
         "--no-eval-base-model",
         action="store_true",

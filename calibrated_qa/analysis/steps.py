@@ -43,7 +43,14 @@ from numpy.typing import NDArray
 
 from calibrated_qa.analysis.metrics import question_groups
 from calibrated_qa.analysis.readers import AnalysisInputError, Rollouts
-from calibrated_qa.run_config import RunConfig, RunConfigError, parse_run_config, read_run_config
+from calibrated_qa.run_config import (  # noqa: F401 - eval_rounds_before: re-exported for launch_checks
+    RunConfig,
+    RunConfigError,
+    eval_checkpoints,
+    eval_rounds_before,
+    parse_run_config,
+    read_run_config,
+)
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 # prime-rl 6cae5cc, orchestrator.py: "Step {n} | Time: {t:.2f}s | Reward: {r:.4f} |..."
@@ -194,33 +201,6 @@ def attribute_steps(
     rollouts.step[:] = rollouts.index // batch_size
     method = f"index // {batch_size} (records in log order; approximate, workers interleave)"
     return Attribution(method, full if rest else None, rest)
-
-
-def eval_checkpoints(
-    interval: int, *, base_model: bool = True, max_steps: int | None = None, rounds: int
-) -> tuple[list[int], int | None]:
-    """Checkpoint labels of the online eval rounds in log order, and the final round's label.
-
-    Without ``max_steps`` the first ``rounds`` online labels (0, interval, ...) and no final.
-    With it, the online rounds prime-rl runs (checkpoints ``<= max_steps - 2``) and the final
-    one (``max_steps - 1``).
-    """
-    first = 0 if base_model else 1
-    if max_steps is None:
-        return [(first + k) * interval for k in range(rounds)], None
-    online = [c for c in range(0, max_steps - 1, interval) if c > 0 or base_model]
-    return online, max_steps - 1
-
-
-def eval_rounds_before(step: int, interval: int, *, base_model: bool = True) -> int:
-    """Online eval rounds of the checkpoints before ``step`` (the ``eval_checkpoints`` < ``step``).
-
-    The eval log records launch_checks.py's ``resume-split`` keeps when a run resumes from
-    checkpoint ``step`` (without ``max_steps``: the resumed run may change it).
-    """
-    enough = max(-(-step // interval), 0)  # labels are interval apart from 0 or interval
-    online, _ = eval_checkpoints(interval, base_model=base_model, rounds=enough)
-    return sum(1 for checkpoint in online if checkpoint < step)
 
 
 def attribute_eval_rounds(
