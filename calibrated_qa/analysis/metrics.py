@@ -20,7 +20,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from calibrated_qa.analysis.readers import Rollouts
-from calibrated_qa.reward import brier_score
+from calibrated_qa.reward import answer_confidence, brier_score, is_correct
 
 N_BINS = 10
 # A length penalty below -PENALTY_TOLERANCE counts as "penalized"; the reference CSV stores rewards
@@ -254,15 +254,19 @@ def _plain(
     if y.shape != p.shape or not np.all((y == 0) | (y == 1)):
         raise ValueError("outcomes must be 0/1, one per probability")
     y = y.astype(bool)
-    n, zeros = p.size, np.zeros(p.size)
-    conf = np.maximum(p, 1 - p) if score is None else np.asarray(score, dtype=np.float64)
-    correct = (p > 0.5) == y if label is None else np.asarray(label).astype(bool)
-    percent_bin(conf)
-    briers = np.array([brier_score(q, t) for q, t in zip(p.tolist(), y.tolist(), strict=True)])
+    n, zeros, pairs = p.size, np.zeros(p.size), list(zip(p.tolist(), y.tolist(), strict=True))
+    if score is None:  # as the readers derive them, from calibrated_qa.reward
+        score = [answer_confidence(q) for q, _ in pairs]
+        label = [is_correct(q, t) for q, t in pairs]
     r = Rollouts(
-        np.arange(n), zeros.astype(int), zeros.astype(int), zeros.astype(int), np.full(n, -1),
-        y, np.ones(n, bool), correct, p, conf, briers, zeros, zeros, zeros, zeros,
+        index=np.arange(n), file=zeros.astype(int), line=zeros.astype(int),
+        step=zeros.astype(int), question=np.full(n, -1), y=y, parseable=np.ones(n, bool),
+        correct=np.asarray(label).astype(bool), p_yes=p,
+        confidence=np.asarray(score, dtype=np.float64),
+        brier=np.array([brier_score(q, t) for q, t in pairs]),
+        reward=zeros, calibration_reward=zeros, length_penalty=zeros, length=zeros,
     )  # fmt: skip
+    percent_bin(r.confidence)  # validates a given score
     t = tally(r, np.zeros(n, dtype=np.int64), 1)
     return finish(t.sums[0], t.levels, False) | {"bins": reliability(t.sums[0])}  # type: ignore[dict-item]
 
