@@ -49,7 +49,9 @@ def _figure(rows: int, cols: int, width: float, height: float, title: str) -> tu
     lines = textwrap.wrap(title, int(total * 11))
     fig.suptitle("\n".join(lines), fontsize=12, y=1 - 0.1 / (height * rows), va="top")
     top = 1 - (0.75 + 0.22 * len(lines)) / (height * rows)  # room for two-line panel titles
-    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.8 / (height * rows) + 0.02, top=top)
+    fig.subplots_adjust(
+        left=0.7 / total, right=1 - 0.3 / total, bottom=0.8 / (height * rows), top=top
+    )
     fig.subplots_adjust(hspace=0.55, wspace=0.28)
     return fig, axes
 
