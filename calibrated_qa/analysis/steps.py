@@ -257,20 +257,24 @@ def attribute_eval_rounds(
     return Attribution(method, round_names=names, final_step=final_step)
 
 
+def _log_text(source: Path) -> str:
+    try:
+        return _ANSI.sub("", source.read_text(encoding="utf-8", errors="replace"))
+    except FileNotFoundError as exc:
+        raise AnalysisInputError(f"{source}: no such orchestrator log") from exc
+
+
 def read_orchestrator_rewards(path: str | os.PathLike[str]) -> dict[int, float]:
     """Per-step mean reward from prime-rl's orchestrator stdout or the reference run's TSV."""
     source = Path(path)
-    try:
-        text = source.read_text(encoding="utf-8", errors="replace")
-    except FileNotFoundError as exc:
-        raise AnalysisInputError(f"{source}: no such orchestrator log") from exc
+    text = _log_text(source)
     first = text.split("\n", 1)[0]
     rewards: dict[int, float] = {}
     if "\t" in first and {"step", "reward"} <= set(first.strip().split("\t")):
         for row in csv.DictReader(text.splitlines(), delimiter="\t"):
             rewards[int(row["step"])] = float(row["reward"])
     else:
-        for match in _STEP_LINE.finditer(_ANSI.sub("", text)):
+        for match in _STEP_LINE.finditer(text):
             rewards[int(match.group(1))] = float(match.group(2))  # a resumed run repeats: last wins
     if not rewards:
         raise AnalysisInputError(
@@ -286,11 +290,7 @@ def read_orchestrator_eval_rewards(path: str | os.PathLike[str]) -> list[float]:
     One eval environment only (this project's); a log with several names is refused.
     """
     source = Path(path)
-    try:
-        text = source.read_text(encoding="utf-8", errors="replace")
-    except FileNotFoundError as exc:
-        raise AnalysisInputError(f"{source}: no such orchestrator log") from exc
-    found = [(m.group(1), float(m.group(2))) for m in _EVAL_LINE.finditer(_ANSI.sub("", text))]
+    found = [(m.group(1), float(m.group(2))) for m in _EVAL_LINE.finditer(_log_text(source))]
     names = sorted({name for name, _ in found})
     if len(names) > 1:
         raise AnalysisInputError(
