@@ -1,18 +1,22 @@
 #!/usr/bin/env python3
-"""Benchmark the analysis on a synthetic full-size generation log (51,200 records, ~160 MB).
+"""Benchmark the analysis on synthetic full-size generation logs (51,200 records, ~160 MB).
 
-Writes the log (plain and gzip) into a temporary directory, then runs, each in its own fresh
-subprocess so that peak memory (``ru_maxrss`` of that process) is its own:
+Writes, into a temporary directory, a log in this project's schema and the same rollouts in the
+original recipe's log format (read through ``calibrated_qa.analysis.convert``), each plain and
+gzip-compressed, plus a project log with 4x longer completions (memory must not grow with them).
+Then runs, each in its own fresh subprocess so that peak memory (``ru_maxrss``) is its own:
 
 - ``baseline``: decompress + ``json.loads`` every line, nothing else (the floor any reader pays);
-- ``metrics``: ``analyze_calibration.py --no-plots`` (read, attribute, all metrics, 1,000-resample
-  question bootstraps, both CSVs and summary.md);
+- ``metrics``: ``analyze_calibration.py --no-plots`` in-process (read, attribute, every metric,
+  two 1,000-resample question bootstraps, both CSVs and summary.md);
 - ``plots``: the same with the four figures.
 
-A second log with completions 4x longer shows that memory does not grow with completion length
-(the reader keeps no text). Targets: metrics within 3x of the baseline; peak memory < 500 MB.
+Times are the best of ``--repeats`` runs of each (the count is written into the results), peak
+memory the largest of them. Targets (issue 13): metrics <= 1.5x the baseline, full analysis
+<= 4x, peak memory <= 150 MB and flat in completion length.
 
-    uv run --all-extras python benchmarks/bench_analysis.py --write benchmarks/RESULTS.md
+    uv run --all-extras python benchmarks/bench_analysis.py --repeats 3 \\
+        --write benchmarks/RESULTS.md
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import os
 import platform
 import random
 import resource
@@ -31,83 +36,65 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-STEPS, BATCH, ROLLOUTS = 50, 1024, 8
-WORDS = [
-    "the",
-    "passage",
-    "says",
-    "that",
-    "this",
-    "is",
-    "a",
-    "question",
-    "about",
-    "whether",
-    "answer",
-    "likely",
-    "because",
-    "it",
-    "states",
-    "river",
-    "county",
-    "season",
-    "film",
-    "law",
-    "team",
-    "water",
-    "state",
-    "first",
-    "series",
-    "which",
-    "was",
-    "not",
-]
+STEPS, BATCH, ROLLOUTS, MAX_TOKENS = 50, 1024, 8, 512
+WORDS = ["the", "passage", "says", "that", "this", "is", "a", "question", "about", "whether"]
+WORDS += ["answer", "likely", "because", "it", "states", "river", "county", "season", "film"]
+WORDS += ["law", "team", "water", "state", "first", "series", "which", "was", "not"]
 
 
 def completion(rng: random.Random, scale: float) -> str:
-    """Reasoning text with a long-tailed length (median ~2,400 characters at scale 1, so that
-    51,200 records make the ~160 MB of a full run's log)."""
-    n_words = max(5, int(rng.lognormvariate(6.0, 0.45) * scale))
-    body = " ".join(rng.choices(WORDS, k=n_words))
-    answer = rng.choice(("YES", "NO"))
+    """Reasoning text with a long-tailed length (median ~2,400 characters at scale 1)."""
+    body = " ".join(rng.choices(WORDS, k=max(5, int(rng.lognormvariate(6.0, 0.45) * scale))))
     if rng.random() < 0.01:
         return body  # unparseable
-    return f"{body}.\nANSWER: {answer} with {rng.randint(50, 99)}% probability"
+    return f"{body}.\nANSWER: {rng.choice(('YES', 'NO'))} with {rng.randint(50, 99)}% probability"
 
 
-def write_log(path: Path, scale: float, seed: int = 0) -> int:
-    """51,200 records scored by the real reward, written as the environment writes them."""
+def write_logs(project: Path, original: Path | None, scale: float, seed: int = 0) -> None:
+    """51,200 rollouts scored by the real reward, as the environment writes them and (if asked)
+    as the original recipe's log line (``p_yes`` 0.5 and Brier 0.25 when unparseable)."""
+    sys.path.insert(0, str(REPO))
     from calibrated_qa.records import make_record
     from calibrated_qa.reward import score_completion
 
     rng = random.Random(seed)
-    with open(path, "w", encoding="utf-8") as f:
+    with open(project, "w") as ours, open(original or os.devnull, "w") as theirs:
         for step in range(STEPS):
             questions = [(step * 128 + q, rng.random() < 0.5) for q in range(BATCH // ROLLOUTS)]
             order = [q for q in questions for _ in range(ROLLOUTS)]
             rng.shuffle(order)  # workers interleave the rollouts of a step
             for example_id, label in order:
                 text = completion(rng, scale)
-                score = score_completion(text, label, max_tokens=512)
+                score = score_completion(text, label, max_tokens=MAX_TOKENS)
+                question = f"synthetic question number {example_id}"
                 record = make_record(
-                    score=score,
-                    example_id=example_id,
-                    split="train",
-                    question=f"synthetic question number {example_id}",
-                    label=label,
-                    completion=text,
-                    completion_tokens=None,
-                    truncated=False,
-                    max_tokens=512,
-                )
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
-    return path.stat().st_size
+                    score=score, example_id=example_id, split="train", question=question,
+                    label=label, completion=text, completion_tokens=None, truncated=False,
+                    max_tokens=MAX_TOKENS,
+                )  # fmt: skip
+                ours.write(json.dumps(record, ensure_ascii=False) + "\n")
+                if original is None:
+                    continue
+                p = 0.5 if score.p_yes is None else score.p_yes
+                line = {
+                    "full_prompt": f"[user] Passage: ...\n\nQuestion: {question}?\n",
+                    "ground_truth": "true" if label else "false", "p_yes": p,
+                    "p_yes_extracted": score.p_yes, "parseable": score.parseable,
+                    "brier_score": (p - label) ** 2, "reward": score.reward,
+                    "length_penalty": score.length_penalty, "approx_tokens": score.length,
+                    "parsed_answer": text[-200:], "full_completion": f"[assistant] {text}\n",
+                }  # fmt: skip
+                theirs.write(json.dumps(line, ensure_ascii=False) + "\n")
 
 
-# ---------------------------------------------------------------------------------------------
-# Children: each reports {"seconds", "max_rss_mb"} as its last stdout line.
+def gzipped(path: Path) -> Path:
+    packed = path.with_name(path.name + ".gz")
+    with open(path, "rb") as src, gzip.open(packed, "wb", compresslevel=6) as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
+    return packed
+
+
+# Children: each prints {"seconds", "max_rss_mb"} as its last stdout line.
 
 
 def child_baseline(path: str) -> None:
@@ -122,12 +109,15 @@ def child_baseline(path: str) -> None:
 
 def child_analysis(path: str, out: str, plots: bool) -> None:
     start = time.perf_counter()
-    import runpy
+    sys.path.insert(0, str(REPO))
+    from calibrated_qa.analysis.cli import main
 
-    cli = runpy.run_path(str(REPO / "analyze_calibration.py"))
     argv = ["--generations", path, "--out", out, "--batch-size", str(BATCH)]
-    argv += ["--rollouts-per-example", str(ROLLOUTS), "--max-tokens", "512", "--quiet"]
-    code = cli["main"]([*argv, *([] if plots else ["--no-plots"])])
+    argv += ["--rollouts-per-example", str(ROLLOUTS), "--quiet"]
+    with open(os.devnull, "w") as quiet:
+        sys.stdout = quiet
+        code = main([*argv, *([] if plots else ["--no-plots"])])
+        sys.stdout = sys.__stdout__
     assert code == 0
     report(start)
 
@@ -138,26 +128,25 @@ def report(start: float) -> None:
     print(json.dumps({"seconds": seconds, "max_rss_mb": rss_kb / 1024}))
 
 
-def run_child(*args: str) -> dict[str, float]:
-    done = subprocess.run(
-        [sys.executable, __file__, "--child", *args], capture_output=True, text=True, check=False
-    )
-    if done.returncode != 0:
-        raise SystemExit(f"child {args} failed:\n{done.stderr}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 def best_of(repeats: int, *args: str) -> dict[str, float]:
-    runs = [run_child(*args) for _ in range(repeats)]
-    return min(runs, key=lambda r: r["seconds"]) | {
-        "max_rss_mb": max(r["max_rss_mb"] for r in runs)
+    runs = []
+    for _ in range(repeats):
+        done = subprocess.run(
+            [sys.executable, __file__, "--child", *args], capture_output=True, text=True
+        )
+        if done.returncode != 0:
+            raise SystemExit(f"child {args} failed:\n{done.stderr}")
+        runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    return {
+        "seconds": min(r["seconds"] for r in runs),
+        "max_rss_mb": max(r["max_rss_mb"] for r in runs),
     }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
-    parser.add_argument("--repeats", type=int, default=2, help="best-of for timings")
+    parser.add_argument("--repeats", type=int, default=3, help="best-of for timings (default 3)")
     parser.add_argument("--write", type=Path, help="write the Markdown results here")
     args = parser.parse_args()
     if args.child:
@@ -167,93 +156,81 @@ def main() -> int:
         else:
             child_analysis(rest[0], rest[1], kind == "plots")
         return 0
-
+    load_before = os.getloadavg()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for scale, label, gz in ((1.0, "full-size", True), (4.0, "4x longer completions", False)):
-            plain = Path(tmp) / f"generations_{scale:g}.jsonl"
-            size = write_log(plain, scale)
-            files = [(plain, "plain")]
-            if gz:
-                packed = plain.with_suffix(".jsonl.gz")
-                with open(plain, "rb") as src, gzip.open(packed, "wb", compresslevel=6) as dst:
-                    shutil.copyfileobj(src, dst, 1 << 20)
-                files.append((packed, "gzip"))
-            for path, kind in files:
-                base = best_of(args.repeats, "baseline", str(path))
-                metrics = best_of(args.repeats, "metrics", str(path), str(Path(tmp) / "m"))
-                result = {
-                    "log": label,
-                    "file": kind,
-                    "mb": path.stat().st_size / 1e6,
-                    "raw_mb": size / 1e6,
-                    "baseline": base,
-                    "metrics": metrics,
-                }
-                if scale == 1.0:
-                    result["plots"] = best_of(1, "plots", str(path), str(Path(tmp) / "p"))
-                rows.append(result)
-                print(json.dumps(result), flush=True)
-            for path, _ in files:
-                path.unlink()
-    text = render(rows, args.repeats)
+        project, original = Path(tmp) / "generations.jsonl", Path(tmp) / "original.jsonl"
+        write_logs(project, original, 1.0)
+        longer = Path(tmp) / "generations_4x.jsonl"
+        write_logs(longer, None, 4.0)
+        logs = [
+            ("this project's schema", project),
+            ("this project's schema", gzipped(project)),
+            ("original recipe's log (converted)", original),
+            ("original recipe's log (converted)", gzipped(original)),
+            ("this project's schema, 4x longer completions", longer),
+        ]
+        for label, path in logs:
+            row = {"log": label, "path": path, "mb": path.stat().st_size / 1e6}
+            row["baseline"] = best_of(args.repeats, "baseline", str(path))
+            row["metrics"] = best_of(args.repeats, "metrics", str(path), str(Path(tmp) / "m"))
+            if "4x" not in label:
+                row["plots"] = best_of(args.repeats, "plots", str(path), str(Path(tmp) / "p"))
+            rows.append(row)
+            print(json.dumps({k: v for k, v in row.items() if k != "path"}, default=str))
+    text = render(rows, args.repeats, load_before, os.getloadavg())
     print(text)
     if args.write:
         args.write.write_text(text)
     return 0
 
 
-def render(rows: list[dict], repeats: int) -> str:
+def render(rows: list[dict], repeats: int, load_before: tuple, load_after: tuple) -> str:
     lines = [
         "# Analysis benchmark",
         "",
-        "Synthetic generation log: 51,200 records (50 steps x 1,024 rollouts, 8 per question, "
-        "interleaved), scored by the real reward, written as the environment writes them.",
-        f"Each figure is a fresh subprocess (best of {repeats} for times); memory is its peak RSS.",
+        "Synthetic full-size logs: 51,200 rollouts (50 steps x 1,024, 8 per question, "
+        "interleaved), scored by the real reward, written as the environment writes them and as "
+        "the original recipe's log (read through the converter). Each figure is a fresh "
+        f"subprocess; times are the best of {repeats} runs, memory the peak RSS over them.",
         "",
-        "| log | file | size MB | baseline s | metrics s | ratio | with plots s | "
-        "baseline MB | metrics MB | with plots MB |",
+        "| log | file | MB | baseline s | metrics s | metrics / baseline | all plots s | "
+        "all plots / baseline | peak MB metrics | peak MB all plots |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
-        b, m, p = r["baseline"], r["metrics"], r.get("plots")
+        b, m, p = r["baseline"]["seconds"], r["metrics"]["seconds"], r.get("plots")
         cells = [
-            f"{r['log']} ({r['raw_mb']:.0f} MB of JSON)",
-            r["file"],
-            f"{r['mb']:.0f}",
-            f"{b['seconds']:.2f}",
-            f"{m['seconds']:.2f}",
-            f"{m['seconds'] / b['seconds']:.2f}x",
-            f"{p['seconds']:.2f}" if p else "-",
-            f"{b['max_rss_mb']:.0f}",
-            f"{m['max_rss_mb']:.0f}",
+            r["log"], "gzip" if r["path"].suffix == ".gz" else "plain", f"{r['mb']:.0f}",
+            f"{b:.2f}", f"{m:.2f}", f"{m / b:.2f}x", f"{p['seconds']:.2f}" if p else "-",
+            f"{p['seconds'] / b:.2f}x" if p else "-", f"{r['metrics']['max_rss_mb']:.0f}",
             f"{p['max_rss_mb']:.0f}" if p else "-",
-        ]
+        ]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
-    ratios = [r["metrics"]["seconds"] / r["baseline"]["seconds"] for r in rows]
-    peaks = [r["metrics"]["max_rss_mb"] for r in rows]
-    time_met = all(ratio <= 3 for ratio in ratios)
-    memory_met = max(peaks) < 500 and max(peaks) - min(peaks) < 0.25 * min(peaks)
+    metrics = [r["metrics"]["seconds"] / r["baseline"]["seconds"] for r in rows]
+    full = [r["plots"]["seconds"] / r["baseline"]["seconds"] for r in rows if "plots" in r]
+    peaks = [r["metrics"]["max_rss_mb"] for r in rows] + [
+        r["plots"]["max_rss_mb"] for r in rows if "plots" in r
+    ]
+    flat = [r["metrics"]["max_rss_mb"] for r in rows if "schema" in r["log"]]
+    verdict = {True: "met", False: "MISSED"}
     lines += [
         "",
         "- baseline: decompress + `json.loads` of every line, nothing kept.",
-        "- metrics: `analyze_calibration.py --no-plots` end to end (imports, read, step "
-        "attribution, every metric, 2 x 1,000-resample question bootstraps, CSVs, summary.md).",
-        "- with plots: the same plus the four figures.",
-        "- Target: metrics within 3x of the baseline, peak memory < 500 MB and flat in completion "
-        f"length. Time: {'met' if time_met else 'MISSED'} (worst {max(ratios):.2f}x). Memory: "
-        f"{'met' if memory_met else 'MISSED'} (peak {min(peaks):.0f}-{max(peaks):.0f} MB; the "
-        "reader keeps no text, so 4x longer completions do not raise it).",
-        "- Where the metrics time goes (plain full-size log): the read (json.loads plus "
-        "validation) is most of it; the fixed part is small: imports (numpy, no tqdm without a "
-        "progress bar, no matplotlib with --no-plots) and the two question bootstraps, each "
-        "evaluating all 1,000 resamples at once as a (resamples x rollouts) weight matrix "
-        "through the same metric functions.",
-        f"- Machine: {platform.processor() or platform.machine()}, Python "
-        f"{platform.python_version()}, {platform.system()}.",
+        "- metrics: `analyze_calibration.py --no-plots` end to end, in-process (imports, read "
+        "and validate every record, step attribution, every metric, two 1,000-resample question "
+        "bootstraps, both CSVs, summary.md). all plots: the same plus the four figures.",
+        f"- Targets: metrics <= 1.5x the baseline: {verdict[max(metrics) <= 1.5]} (worst "
+        f"{max(metrics):.2f}x). Everything <= 4x: {verdict[max(full) <= 4]} (worst "
+        f"{max(full):.2f}x). Peak memory <= 150 MB: {verdict[max(peaks) <= 150]} (max "
+        f"{max(peaks):.0f} MB); flat in completion length: {min(flat):.0f}-{max(flat):.0f} MB.",
+        f"- Machine: {platform.machine()}, {os.cpu_count()} cores, Python "
+        f"{platform.python_version()}, {platform.system()}; shared with other jobs: load "
+        f"average (1/5/15 min) {', '.join(f'{x:.2f}' for x in load_before)} before and "
+        f"{', '.join(f'{x:.2f}' for x in load_after)} after the run.",
         "",
-        "Regenerate: `uv run --all-extras python benchmarks/bench_analysis.py "
-        "--write benchmarks/RESULTS.md`",
+        "Regenerate: `uv run --all-extras python benchmarks/bench_analysis.py --repeats "
+        f"{repeats} --write benchmarks/RESULTS.md`",
     ]
     return "\n".join(lines) + "\n"
 

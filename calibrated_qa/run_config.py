@@ -71,11 +71,14 @@ class EvalSchedule:
         return self.num_examples * self.rollouts_per_example if self.num_examples > 0 else None
 
     def rounds_before(self, step: int) -> int:
-        """Online rounds of the checkpoints before ``step``: 0 (the base model, when evaluated),
-        interval, 2 x interval, ... (``orchestrator/eval_utils.compute_eval_ckpt_step``). They
-        finished before checkpoint ``step`` was written: what a resume at ``step`` keeps."""
-        rounds = -(-step // self.interval) if step > 0 else 0  # multiples of interval < step
-        return rounds if self.base_model else max(rounds - 1, 0)
+        """Online rounds of the checkpoints before ``step`` (``eval_checkpoints`` < ``step``).
+
+        They finished before checkpoint ``step`` was written: the eval-log rounds a resume at
+        ``step`` keeps (without ``max_steps``: the resumed run may change it).
+        """
+        enough = max(-(-step // self.interval), 0)  # labels are interval apart from 0 or interval
+        online, _ = eval_checkpoints(self.interval, base_model=self.base_model, rounds=enough)
+        return sum(1 for checkpoint in online if checkpoint < step)
 
 
 @dataclass(frozen=True)
@@ -261,3 +264,23 @@ def read_run_config(path: str | os.PathLike[str]) -> RunConfig:
     except tomllib.TOMLDecodeError as exc:
         raise RunConfigError(f"{path}: not valid TOML ({exc})") from None
     return parse_run_config(config, path)
+
+
+def eval_checkpoints(
+    interval: int, *, base_model: bool = True, max_steps: int | None = None, rounds: int
+) -> tuple[list[int], int | None]:
+    """Checkpoint labels of the online eval rounds in log order, and the final round's label.
+
+    prime-rl 6cae5cca, ``orchestrator.py`` + ``eval_utils.compute_eval_ckpt_step`` with
+    ``max_async_level = 0``: checkpoint 0 when ``base_model``, then every ``interval`` while the
+    next step is ``< max_steps``, and a final eval of checkpoint ``max_steps - 1`` after the loop.
+
+    Without ``max_steps`` the first ``rounds`` online labels (0, interval, ...) and no final.
+    With it, the online rounds prime-rl runs (checkpoints ``<= max_steps - 2``) and the final
+    one (``max_steps - 1``).
+    """
+    first = 0 if base_model else 1
+    if max_steps is None:
+        return [(first + k) * interval for k in range(rounds)], None
+    online = [c for c in range(0, max_steps - 1, interval) if c > 0 or base_model]
+    return online, max_steps - 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import fields
 
 import numpy as np
 import pytest
@@ -11,19 +12,21 @@ from hypothesis import strategies as st
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import brier_score_loss, roc_auc_score
 
-from calibrated_qa.analysis.aggregate import summarize
 from calibrated_qa.analysis.metrics import (
     auroc,
     brier,
     expected_calibration_error,
+    finish,
     percent_bin,
     reliability_bins,
-    rollout_metrics,
+    summarize,
+    tally,
 )
 from calibrated_qa.analysis.readers import Rollouts
 from tests.fixtures.analysis.build import in_memory_rollouts
 
 RNG = np.random.default_rng(1234)
+COLUMNS = [f.name for f in fields(Rollouts) if f.name != "fmt"]
 
 
 def off_edge_probabilities(n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -92,30 +95,34 @@ def test_float_edges_would_misbin_and_ours_do_not() -> None:
     assert list(percent_bin([0.3, 0.6, 0.7])) == [3, 6, 7]
 
 
-def test_auroc_matches_sklearn_with_ties_and_weights() -> None:
+def test_auroc_matches_sklearn_with_ties() -> None:
     score = RNG.integers(50, 101, 400) / 100  # many ties, as integer percents have
     label = RNG.random(400) < score
     assert auroc(score, label) == pytest.approx(roc_auc_score(label, score), abs=1e-12)
-    w = RNG.integers(0, 4, 400).astype(float)
-    assert auroc(score, label, w) == pytest.approx(
-        roc_auc_score(label, score, sample_weight=w), abs=1e-12
-    )
 
 
 def test_auroc_undefined_with_one_class() -> None:
     assert math.isnan(auroc([0.6, 0.9], [1, 1]))
 
 
-def test_integer_weights_equal_repetition() -> None:
-    """The bootstrap's weights must mean 'this rollout appears w times'."""
-    p, y = off_edge_probabilities(60)
-    w = RNG.integers(0, 4, 60)
-    rep_p, rep_y = np.repeat(p, w), np.repeat(y, w)
-    assert expected_calibration_error(p, y, w) == pytest.approx(
-        expected_calibration_error(rep_p, rep_y)
-    )
-    assert brier(p, y, w) == pytest.approx(brier(rep_p, rep_y))
-    assert auroc(p, y, w) == pytest.approx(auroc(rep_p, rep_y))
+def test_weighted_unit_sums_equal_repetition() -> None:
+    """A bootstrap resample weights each unit's sums by its draw count: that must mean 'this
+    unit appears w times', for every metric (the ensemble included)."""
+    rows = [
+        (bool(i % 3), None if i % 7 == 0 else 40 + i // 2, i % 2 == 0, -0.1 * (i % 4), i % 9)
+        for i in range(45)
+    ]
+    r = _rollouts(rows)
+    w = RNG.integers(0, 4, 9)
+    t = tally(r, r.question, 9)
+    weighted = finish(w.astype(float) @ t.sums, t.levels)
+    copies = [r.subset(np.isin(r.question, np.flatnonzero(w > k))) for k in range(w.max())]
+    for k, part in enumerate(copies):
+        part.question[:] += 100 * k  # a question drawn twice is two questions of the sample
+    columns = {name: np.concatenate([getattr(c, name) for c in copies]) for name in COLUMNS}
+    repeated = summarize(Rollouts(**columns))
+    for name, value in repeated.items():
+        assert weighted[name] == pytest.approx(value, nan_ok=True), name
 
 
 @pytest.mark.parametrize("bad", [[0.5, float("nan")], [1.2], [-0.1]])
@@ -125,13 +132,8 @@ def test_invalid_probabilities_are_refused(bad: list[float]) -> None:
 
 
 def test_unparseable_rollouts_count_in_parse_rate_and_accuracy_only() -> None:
-    values = rollout_metrics(
-        parseable=np.array([True, True, False, False]),
-        correct=np.array([True, False, False, False]),
-        p_yes=np.array([0.9, 0.8, np.nan, np.nan]),
-        confidence=np.array([0.9, 0.8, np.nan, np.nan]),
-        y=np.array([True, False, True, False]),
-    )
+    rows = [(True, 90, True, 0.0, 0), (False, 80, True, 0.0, 1), (True, None, True, 0.0, 2)]
+    values = summarize(_rollouts([*rows, (False, None, True, 0.0, 3)]))
     assert values["parse_rate"] == 0.5
     assert values["accuracy"] == 0.25  # 1 correct of 4 rollouts, not of 2 parseable
     assert values["brier"] == pytest.approx((0.01 + 0.64) / 2)

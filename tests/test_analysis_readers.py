@@ -12,13 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from calibrated_qa.analysis.aggregate import summarize
-from calibrated_qa.analysis.readers import (
-    AnalysisInputError,
-    TornLineWarning,
-    question_from_prompt,
-    read_rollouts,
-)
+from calibrated_qa.analysis.convert import main as convert_main
+from calibrated_qa.analysis.convert import question_from_prompt
+from calibrated_qa.analysis.metrics import summarize
+from calibrated_qa.analysis.readers import AnalysisInputError, TornLineWarning, read_rollouts
 from calibrated_qa.records import RecordError
 from tests.fixtures.analysis.build import (
     Rollout,
@@ -89,7 +86,7 @@ def test_original_log_question_is_the_last_question_line() -> None:
 def test_reference_csv_detects_certainly_unparseable_rows() -> None:
     r, report = read_rollouts([REFERENCE_CSV], progress=False)
     assert report.fmt == "original-csv"
-    assert report.certain_unparseable == 12
+    assert report.conversion.certain_unparseable == 12
     assert int((~r.parseable).sum()) == 12
     assert not r.has_identity
     assert sorted(set(r.step.tolist())) == [0, 11]
@@ -211,3 +208,28 @@ def test_nan_free_columns_for_parseable_rollouts(tmp_path: Path) -> None:
     assert not np.isnan(r.p_yes[r.parseable]).any()
     assert np.isnan(r.p_yes[~r.parseable]).all()
     assert not math.isnan(float(r.length.mean()))
+
+
+def test_converted_file_reads_as_this_projects_log_with_the_same_metrics(tmp_path: Path) -> None:
+    rollouts = run(n_steps=2, questions=4, rollouts=4)
+    for source in (
+        write_original(tmp_path / "o.jsonl", rollouts),
+        write_csv(tmp_path / "c.csv", rollouts, batch_size=16),
+    ):
+        out = tmp_path / (source.stem + ".converted.jsonl")
+        assert convert_main([str(source), "--out", str(out)]) == 0
+        direct, _ = read_rollouts([source], progress=False)
+        converted, report = read_rollouts([out], progress=False)
+        assert report.fmt == "project" and report.max_tokens == {512}
+        np.testing.assert_array_equal(direct.step, converted.step)
+        np.testing.assert_array_equal(direct.question, converted.question)
+        for name, value in summarize(direct).items():
+            assert summarize(converted)[name] == pytest.approx(value, nan_ok=True), name
+
+
+def test_original_log_questions_are_keyed_by_a_stable_example_id(tmp_path: Path) -> None:
+    rollouts = run(n_steps=1, questions=4, rollouts=2)
+    a, _ = read_rollouts([write_original(tmp_path / "a.jsonl", rollouts)], progress=False)
+    b, _ = read_rollouts([write_original(tmp_path / "b.jsonl", rollouts[::-1])], progress=False)
+    assert a.has_identity and np.unique(a.question).size == 4
+    np.testing.assert_array_equal(a.question, b.question[::-1])  # same text, same id

@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from calibrated_qa.analysis.aggregate import step_rows
+from calibrated_qa.analysis.metrics import step_rows
 from calibrated_qa.analysis.readers import read_rollouts
 from calibrated_qa.analysis.steps import read_orchestrator_rewards
 
-INPUT = Path(__file__).resolve().parent.parent / "results" / "reference" / "input"
+INPUT = Path(__file__).resolve().parent.parent / "data" / "reference-run"
 # step: (accuracy over all rollouts, ECE on P(YES) and Brier over parseable rollouts)
 FACTS = {
     0: (0.801, 0.139, 0.169),
@@ -44,7 +44,7 @@ def test_unparseable_rows_and_length_penalty(reference) -> None:
     rollouts, report, rows = reference
     unparseable = {s: int(np.sum(~rollouts.parseable & (rollouts.step == s))) for s in FACTS}
     assert (unparseable[0], unparseable[11], unparseable[49]) == (8, 54, 0)
-    assert report.certain_unparseable == sum(unparseable.values())
+    assert report.conversion.certain_unparseable == sum(unparseable.values())
     assert round(rows[0]["penalized_frac"], 3) == 0.997
     assert round(rows[49]["penalized_frac"], 3) == 0.008
     assert round(rows[0]["reward"], 4) == 0.3688 and round(rows[49]["reward"], 4) == 0.9102

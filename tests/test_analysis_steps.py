@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from calibrated_qa.analysis.aggregate import ensemble, step_rows, with_intervals
+from calibrated_qa.analysis.bootstrap import with_intervals
+from calibrated_qa.analysis.metrics import ensemble, step_rows
 from calibrated_qa.analysis.readers import AnalysisInputError, read_rollouts
 from calibrated_qa.analysis.steps import (
     RunShape,
@@ -211,7 +212,7 @@ def test_orchestrator_stdout_and_tsv(tmp_path: Path) -> None:
         "Length: 470.2 tokens/sample | Async Level: 0 | Max. Off-Policy Level: 1\n"
     )
     assert read_orchestrator_rewards(stdout) == {0: 0.3787, 1: 0.3305}
-    tsv = REPO / "results" / "reference" / "input" / "orchestrator_steps.tsv"
+    tsv = REPO / "data" / "reference-run" / "orchestrator_steps.tsv"
     rewards = read_orchestrator_rewards(tsv)
     assert len(rewards) == 50 and rewards[0] == 0.3787 and rewards[49] == 0.9110
     empty = tmp_path / "empty.log"
@@ -222,7 +223,7 @@ def test_orchestrator_stdout_and_tsv(tmp_path: Path) -> None:
 
 def test_config_nested_and_top_level(tmp_path: Path) -> None:
     shape = read_run_shape(REPO / "configs" / "calibrated_qa_gemma2_2b.toml")
-    assert (shape.batch_size, shape.rollouts_per_example, shape.max_tokens) == (1024, 8, 512)
+    assert (shape.batch_size, shape.rollouts_per_example) == (1024, 8)
     assert shape.eval_interval == 10 and shape.eval_rollouts_per_example == 1
     assert shape.eval_size is None  # num_examples = -1: derived from the log
     assert shape.max_steps == 50
@@ -232,12 +233,7 @@ def test_config_nested_and_top_level(tmp_path: Path) -> None:
         "[eval]\ninterval = 5\nnum_examples = 10\nrollouts_per_example = 2\n"
     )
     shape = read_run_shape(flat)
-    assert (shape.batch_size, shape.max_tokens, shape.eval_size, shape.eval_interval) == (
-        64,
-        256,
-        20,
-        5,
-    )
+    assert (shape.batch_size, shape.eval_size, shape.eval_interval) == (64, 20, 5)
     bad = tmp_path / "bad.toml"
     bad.write_text("[orchestrator]\nbatch_size = 0\n")
     with pytest.raises(AnalysisInputError, match="batch_size must be a positive integer"):

@@ -1,14 +1,63 @@
-"""The run-shape options both CLIs take (``analyze_calibration.py``, ``sample_generations.py``).
+"""The two command lines, ``analyze_calibration.py`` and ``sample_generations.py``.
 
-One parser for ``--config`` and the explicit numbers that override it, with validated argument
-types, so the two scripts cannot drift apart.
+Both take the run's shape the same way (``--config``, overridden by explicit numbers), so the two
+scripts cannot drift apart; ``main`` and ``samples_main`` are also the in-process entries.
+``max_tokens`` is not an option: the records carry the M of their length penalty.
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
+from pathlib import Path
 
-from calibrated_qa.analysis.steps import RunShape, read_run_shape
+from calibrated_qa.analysis.bootstrap import DEFAULT_RESAMPLES
+from calibrated_qa.analysis.compare import compare, parse_spec, write_comparison
+from calibrated_qa.analysis.readers import AnalysisInputError, read_rollouts
+from calibrated_qa.analysis.report import Options, analyze, readme_section, write_outputs
+from calibrated_qa.analysis.samples import choose, render
+from calibrated_qa.analysis.steps import RunShape, attribute, read_run_shape
+from calibrated_qa.records import RecordError
+
+ANALYZE_DOC = """Calibration analysis of a generation log: per-step metrics, reliability, summary.
+
+Reads this project's generation log (.jsonl or .jsonl.gz); the original recipe's log and
+per-rollout CSV are converted on the fly (calibrated_qa/analysis/convert.py). Writes to --out:
+metrics_by_step.csv, calibration_metrics.csv, summary.md and four figures. With --compare
+LABEL=PATH[@STEP|@final|@all] ... it instead compares several eval logs in one table, with each
+log's difference from the first and its paired bootstrap interval.
+
+Examples:
+  python analyze_calibration.py --generations outputs/run/generations.jsonl \\
+      --config configs/calibrated_qa_gemma2_2b.toml \\
+      --orchestrator-log outputs/run/logs/orchestrator.stdout --out results/run
+  python analyze_calibration.py --split eval --config configs/calibrated_qa_gemma2_2b.toml \\
+      --compare base=outputs/run/eval_generations.jsonl@0 \\
+      trained=outputs/run/eval_generations.jsonl@final --out results/run-eval
+"""
+
+SAMPLES_DOC = """Stratified samples of completions from chosen training steps, as a Markdown file.
+
+Reads this project's log or the original recipe's log (.jsonl or .jsonl.gz); samples each step
+evenly across correct/wrong x confident/uncertain (and unparseable).
+
+Example:
+  python sample_generations.py --generations outputs/run/generations.jsonl \\
+      --config configs/calibrated_qa_gemma2_2b.toml --steps 0 49 --n 10 --out cot_samples.md
+"""
+
+
+SHAPE_OPTIONS = {
+    "--batch-size": "rollouts per training step",
+    "--rollouts-per-example": "rollouts per question",
+    "--max-steps": "training steps (default: the config's max_steps): only the first max_steps x "
+    "batch_size training records are analysed, the surplus (rollouts still in flight after the "
+    "last step) is counted and reported; the final eval round is checkpoint max_steps-1",
+    "--eval-size": "records per eval round",
+    "--eval-interval": "steps between eval rounds",
+    "--eval-rollouts-per-example": "rollouts per question in an eval round",
+}
 
 
 def positive_int(text: str) -> int:
@@ -22,34 +71,30 @@ def positive_int(text: str) -> int:
     return value
 
 
-def add_run_shape_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--config`` and the explicit run-shape options (explicit values win over the config)."""
+def _parser(doc: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=doc.split("\n\n")[0],
+        epilog=doc.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     shape = parser.add_argument_group("run shape (from --config, or explicit; explicit wins)")
-    shape.add_argument(
-        "--config", help="prime-rl TOML config (max_steps, [orchestrator] batch_size, eval, ...)"
-    )
-    shape.add_argument("--batch-size", type=positive_int, help="rollouts per training step")
-    shape.add_argument("--rollouts-per-example", type=positive_int, help="rollouts per question")
-    shape.add_argument("--max-tokens", type=positive_int, help="sampler max_tokens (length check)")
-    shape.add_argument(
-        "--max-steps",
-        type=positive_int,
-        help="training steps (default: the config's max_steps): only the first max_steps x "
-        "batch_size training records are analysed, the surplus (rollouts still in flight after "
-        "the last step) is counted and reported; the final eval round is checkpoint max_steps-1",
-    )
-    shape.add_argument("--eval-size", type=positive_int, help="records per eval round")
-    shape.add_argument("--eval-interval", type=positive_int, help="steps between eval rounds")
-    shape.add_argument(
-        "--eval-rollouts-per-example",
-        type=positive_int,
-        help="rollouts per question in an eval round (round size = questions x this)",
-    )
+    shape.add_argument("--config", help="prime-rl TOML config (max_steps, batch_size, eval, ...)")
+    for option, text in SHAPE_OPTIONS.items():
+        shape.add_argument(option, type=positive_int, help=text)
     shape.add_argument(
         "--no-eval-base-model",
         action="store_true",
         help="the log has no base-model eval round (the first round is --eval-interval)",
     )
+    # Accepted for older callers only: M is read from the records.
+    shape.add_argument("--max-tokens", type=positive_int, help=argparse.SUPPRESS)
+    parser.add_argument("--skip-bad-lines", action="store_true", help="skip and count bad lines")
+    parser.add_argument(
+        "--allow-partial-step",
+        action="store_true",
+        help="analyse a record count that is not a multiple of the batch size (last step flagged)",
+    )
+    return parser
 
 
 def run_shape(args: argparse.Namespace) -> RunShape:
@@ -58,15 +103,129 @@ def run_shape(args: argparse.Namespace) -> RunShape:
     return RunShape(
         batch_size=args.batch_size or base.batch_size,
         rollouts_per_example=args.rollouts_per_example or base.rollouts_per_example,
-        max_tokens=args.max_tokens or base.max_tokens,
         eval_size=args.eval_size or base.eval_size,
         eval_rollouts_per_example=args.eval_rollouts_per_example or base.eval_rollouts_per_example,
         eval_interval=args.eval_interval or base.eval_interval,
         eval_base_model=base.eval_base_model and not args.no_eval_base_model,
         max_steps=args.max_steps or base.max_steps,
+        max_steps_source="--max-steps" if args.max_steps else base.max_steps_source,
     )
 
 
-def max_steps_source(args: argparse.Namespace) -> str:
-    """Where ``max_steps`` came from, for the report."""
-    return "--max-steps" if args.max_steps else f"the config's top-level max_steps ({args.config})"
+def analyze_parser() -> argparse.ArgumentParser:
+    """The options of ``analyze_calibration.py``."""
+    parser = _parser(ANALYZE_DOC)
+    inputs = parser.add_mutually_exclusive_group(required=True)
+    inputs.add_argument(
+        "--generations",
+        nargs="+",
+        metavar="PATH",
+        help="log file(s); several files are one run in order (a resumed run)",
+    )
+    inputs.add_argument(
+        "--compare",
+        nargs="+",
+        metavar="LABEL=PATH[@STEP|@final|@all]",
+        help="compare several eval logs (any format); @STEP picks the eval round of checkpoint "
+        "STEP, @final the final eval round (needs max_steps: --config or --max-steps), @all "
+        "pools every record; a log with several rounds needs one of them",
+    )
+    parser.add_argument("--out", type=Path, required=True, help="output directory")
+    parser.add_argument(
+        "--split",
+        choices=("train", "eval"),
+        help="records of this split only (default: train; eval with --compare)",
+    )
+    parser.add_argument("--group-size", type=positive_int, help="steps per reliability diagram")
+    parser.add_argument(
+        "--orchestrator-log",
+        help="prime-rl orchestrator stdout or a step/reward TSV: reward curve and cross-check "
+        "(split eval: its 'Evaluated ... (Avg@k=x' lines, one per eval round)",
+    )
+    parser.add_argument("--no-plots", action="store_true", help="metrics and CSVs only")
+    parser.add_argument("--bootstrap", type=int, default=DEFAULT_RESAMPLES, help="resamples")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    parser.add_argument(
+        "--readme-section",
+        type=Path,
+        metavar="PATH",
+        help="also write the README's Results section (generated from the summary) to PATH",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``analyze_calibration.py``: 0 on success, 2 on unusable input (the message on stderr)."""
+    args = analyze_parser().parse_args(argv)
+    try:
+        shape = run_shape(args)
+        if args.compare:
+            entries = compare(
+                [parse_spec(text) for text in args.compare],
+                shape,
+                split=args.split or "eval",
+                skip_bad_lines=args.skip_bad_lines,
+                resamples=args.bootstrap,
+                seed=args.seed,
+                progress=not args.quiet,
+            )
+            write_comparison(entries, args.out, plots_too=not args.no_plots)
+            print(f"wrote comparison of {len(entries)} logs to {args.out}")
+            return 0
+        options = Options(
+            split=args.split or "train",
+            group_size=args.group_size,
+            orchestrator_log=args.orchestrator_log,
+            plots=not args.no_plots,
+            skip_bad_lines=args.skip_bad_lines,
+            allow_partial_step=args.allow_partial_step,
+            bootstrap=args.bootstrap,
+            seed=args.seed,
+            progress=not args.quiet,
+        )
+        result = analyze(args.generations, shape, options)
+        written = write_outputs(result, args.out)
+        if args.readme_section:
+            command = "python analyze_calibration.py " + shlex.join(argv or sys.argv[1:])
+            args.readme_section.write_text(readme_section(result, command))
+    except (AnalysisInputError, RecordError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"analysed {len(result.rollouts)} rollouts over {len(result.rows)} steps; wrote:")
+    for path in written:
+        print(f"  {path}")
+    return 0
+
+
+def samples_main(argv: list[str] | None = None) -> int:
+    """``sample_generations.py``: 0 on success, 2 on unusable input."""
+    parser = _parser(SAMPLES_DOC)
+    parser.add_argument("--generations", nargs="+", required=True, metavar="PATH")
+    parser.add_argument("--out", type=Path, required=True, help="Markdown file to write")
+    parser.add_argument("--steps", type=int, nargs="+", help="steps (default: first, last)")
+    parser.add_argument("--n", type=positive_int, default=10, help="samples per step (10)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--split", choices=("train", "eval"), default="train")
+    parser.add_argument("--confident", type=float, default=0.8, help="confidence threshold")
+    args = parser.parse_args(argv)
+    try:
+        rollouts, read = read_rollouts(
+            args.generations, split=args.split, skip_bad_lines=args.skip_bad_lines
+        )
+        rollouts, attribution = attribute(
+            rollouts, split=args.split, shape=run_shape(args), allow_partial=args.allow_partial_step
+        )
+        if attribution.surplus_note:
+            print(f"warning: {attribution.surplus_note}", file=sys.stderr)
+        present = sorted({int(s) for s in rollouts.step})
+        steps = args.steps or sorted({present[0], present[-1]})
+        samples = choose(rollouts, steps, args.n, seed=args.seed, threshold=args.confident)
+        text = render(rollouts, read, samples, threshold=args.confident)
+    except (AnalysisInputError, RecordError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    print(f"wrote {len(samples)} samples from steps {steps} to {args.out}")
+    return 0

@@ -24,11 +24,10 @@ from pathlib import Path
 import numpy as np
 
 from calibrated_qa.analysis import plots
-from calibrated_qa.analysis.aggregate import summarize, with_intervals
-from calibrated_qa.analysis.bootstrap import DEFAULT_RESAMPLES, Interval, paired_cluster_bootstrap
-from calibrated_qa.analysis.metrics import DEFINITIONS
+from calibrated_qa.analysis.bootstrap import DEFAULT_RESAMPLES, Interval, bootstrap, with_intervals
+from calibrated_qa.analysis.metrics import DEFINITIONS, tally
 from calibrated_qa.analysis.readers import AnalysisInputError, ReadReport, Rollouts, read_rollouts
-from calibrated_qa.analysis.steps import attribute_eval_rounds
+from calibrated_qa.analysis.steps import RunShape, attribute_eval_rounds, has_own_steps
 
 COMPARE_METRICS = (
     "parse_rate",
@@ -115,85 +114,67 @@ def _rounds_look_sequential(rollouts: Rollouts) -> int:
     return c if int(first.max()) < int(second.min()) else 1
 
 
-def _select(
-    spec: Spec,
-    rollouts: Rollouts,
-    *,
-    eval_size: int | None,
-    eval_interval: int | None,
-    eval_base_model: bool,
-    eval_rollouts_per_example: int | None,
-    max_steps: int | None,
-) -> tuple[Rollouts, str]:
+def _select(spec: Spec, rollouts: Rollouts, shape: RunShape) -> tuple[Rollouts, str]:
     """The records of the selected round of one log, and which round it is in words."""
     name = f"--compare {spec.label}"
     if spec.select == ALL:
-        rollouts.step[:] = 0  # pooled: the self-ensemble groups by question over the file
         return rollouts, "all records pooled (@all)"
-    names: dict[int, str] = {}
-    final_step = None
-    if rollouts.fmt == "original-csv":
+    final = None
+    if has_own_steps(rollouts):
         names = {int(s): f"step {int(s)}" for s in np.unique(rollouts.step)}
-    else:
-        known = eval_interval is not None and (
-            eval_size is not None or (eval_rollouts_per_example and rollouts.has_identity)
-        )
-        if known:
-            try:
-                attribution = attribute_eval_rounds(
-                    rollouts,
-                    eval_size,
-                    eval_interval,
-                    base_model=eval_base_model,
-                    rollouts_per_example=eval_rollouts_per_example,
-                    max_steps=max_steps,
-                )
-            except AnalysisInputError as exc:
-                raise AnalysisInputError(
-                    f"{name}: {exc}; for a log of another shape (e.g. an offline eval with "
-                    "several rollouts per question) use LABEL=PATH@all"
-                ) from exc
-            names, final_step = attribution.round_names, attribution.final_step
-        elif spec.step is not None or spec.select == FINAL:
-            raise AnalysisInputError(
-                f"{name}: selecting an eval round needs the round structure: pass --config "
-                "(the training config) or --eval-size/--eval-interval"
-                + (" and --max-steps" if spec.select == FINAL else "")
+    elif shape.eval_interval is not None and (
+        shape.eval_size is not None or (shape.eval_rollouts_per_example and rollouts.has_identity)
+    ):
+        try:
+            attribution = attribute_eval_rounds(
+                rollouts,
+                shape.eval_size,
+                shape.eval_interval,
+                base_model=shape.eval_base_model,
+                rollouts_per_example=shape.eval_rollouts_per_example,
+                max_steps=shape.max_steps,
             )
-        else:
-            rounds = _rounds_look_sequential(rollouts)
-            if rounds > 1:
-                raise AnalysisInputError(
-                    f"{name}: {spec.path} looks like {rounds} eval rounds (every question "
-                    f"appears once per round, {rounds} times in order); pass --config (or "
-                    f"--eval-size/--eval-interval) and {SELECT_HINT}"
-                )
-            rollouts.step[:] = 0
-            return rollouts, "the whole log (one round)"
-    found = ", ".join(f"@{s} ({n})" for s, n in sorted(names.items()))
-    if spec.select == FINAL:
-        if final_step is None:
+        except AnalysisInputError as exc:
             raise AnalysisInputError(
-                f"{name}: no final eval round identified in {spec.path} (rounds found: {found}); "
-                "the final round needs max_steps (--config with top-level max_steps, or "
-                "--max-steps) and a run that reached it"
-            )
-        step = final_step
-    elif spec.step is not None:
-        step = spec.step
-    elif len(names) > 1:
+                f"{name}: {exc}; for a log of another shape (e.g. an offline eval with "
+                "several rollouts per question) use LABEL=PATH@all"
+            ) from exc
+        names, final = attribution.round_names, attribution.final_step
+    elif spec.step is not None or spec.select == FINAL:
         raise AnalysisInputError(
-            f"{name}: {spec.path} holds {len(names)} eval rounds ({found}); {SELECT_HINT}"
+            f"{name}: selecting an eval round needs the round structure: pass --config "
+            "(the training config) or --eval-size/--eval-interval"
+            + (" and --max-steps" if spec.select == FINAL else "")
         )
     else:
-        rollouts.step[:] = 0
+        rounds = _rounds_look_sequential(rollouts)
+        if rounds > 1:
+            raise AnalysisInputError(
+                f"{name}: {spec.path} looks like {rounds} eval rounds (every question "
+                f"appears once per round, {rounds} times in order); pass --config (or "
+                f"--eval-size/--eval-interval) and {SELECT_HINT}"
+            )
+        names = {0: "the whole log (one round)"}
+    found = ", ".join(f"@{s} ({n})" for s, n in sorted(names.items()))
+    if spec.select == FINAL and final is None:
+        raise AnalysisInputError(
+            f"{name}: no final eval round identified in {spec.path} (rounds found: {found}); "
+            "the final round needs max_steps (--config with top-level max_steps, or "
+            "--max-steps) and a run that reached it"
+        )
+    if spec.select != FINAL and spec.step is None:
+        if len(names) > 1:
+            raise AnalysisInputError(
+                f"{name}: {spec.path} holds {len(names)} eval rounds ({found}); {SELECT_HINT}"
+            )
         return rollouts, "the whole log (one round)"
+    step = final if spec.select == FINAL else spec.step
     if step not in names:
         raise AnalysisInputError(
             f"{name}: no records at step {step} (rounds present: {found}; eval rounds need "
             "--eval-size/--eval-interval or --config)"
         )
-    return rollouts.subset(rollouts.step == step), names[step]
+    return rollouts.subset(rollouts.step == step), names[step]  # type: ignore[index]
 
 
 def _paired_delta(
@@ -203,42 +184,25 @@ def _paired_delta(
     a, b = first.rollouts, other.rollouts
     if not (a.has_identity and b.has_identity):
         return None, "no paired interval: a log without question identity (the original CSV)"
-    keys_a = np.asarray(first.read.question_keys, dtype=object)[a.question]
-    keys_b = np.asarray(other.read.question_keys, dtype=object)[b.question]
-    common = sorted(set(keys_a.tolist()) & set(keys_b.tolist()), key=str)
-    if not common:
+    common = np.intersect1d(a.question, b.question)
+    if not common.size:
         return None, "no paired interval: the logs share no question"
-    position = {key: i for i, key in enumerate(common)}
-    in_a = np.array([k in position for k in keys_a.tolist()], dtype=bool)
-    in_b = np.array([k in position for k in keys_b.tolist()], dtype=bool)
-    sub_a, sub_b = a.subset(in_a), b.subset(in_b)
-    member_a = np.array([position[k] for k in keys_a[in_a].tolist()], dtype=np.int64)
-    member_b = np.array([position[k] for k in keys_b[in_b].tolist()], dtype=np.int64)
-    delta = paired_cluster_bootstrap(
-        lambda w: summarize(sub_a, w),
-        lambda w: summarize(sub_b, w),
-        member_a,
-        member_b,
-        len(common),
-        resamples=resamples,
-        seed=seed,
-    )
-    note = f"paired over {len(common)} common questions"
-    n_a, n_b = len(set(keys_a.tolist())), len(set(keys_b.tolist()))
-    if len(common) < max(n_a, n_b):
+    sub_a, sub_b = a.subset(np.isin(a.question, common)), b.subset(np.isin(b.question, common))
+    tally_a = tally(sub_a, np.searchsorted(common, sub_a.question), common.size)
+    tally_b = tally(sub_b, np.searchsorted(common, sub_b.question), common.size)
+    delta = bootstrap(tally_b, minus=tally_a, resamples=resamples, seed=seed)
+    note = f"paired over {common.size} common questions"
+    n_a, n_b = np.unique(a.question).size, np.unique(b.question).size
+    if common.size < max(n_a, n_b):
         note += f" (of {n_a} and {n_b}: the delta is over the common questions only)"
     return delta, note
 
 
 def compare(
     specs: Sequence[Spec],
+    shape: RunShape,
     *,
     split: str | None = "eval",
-    eval_size: int | None = None,
-    eval_interval: int | None = None,
-    eval_base_model: bool = True,
-    eval_rollouts_per_example: int | None = None,
-    max_steps: int | None = None,
     skip_bad_lines: bool = False,
     resamples: int = DEFAULT_RESAMPLES,
     seed: int = 0,
@@ -253,15 +217,7 @@ def compare(
         rollouts, read = read_rollouts(
             [spec.path], split=split, skip_bad_lines=skip_bad_lines, progress=progress
         )
-        rollouts, selected = _select(
-            spec,
-            rollouts,
-            eval_size=eval_size,
-            eval_interval=eval_interval,
-            eval_base_model=eval_base_model,
-            eval_rollouts_per_example=eval_rollouts_per_example,
-            max_steps=max_steps,
-        )
+        rollouts, selected = _select(spec, rollouts, shape)
         rollouts.step[:] = 0  # one round: the self-ensemble groups by question
         intervals, unit = with_intervals(rollouts, resamples=resamples, seed=seed)
         entries.append(Entry(spec, rollouts, read, intervals, unit, selected))
@@ -274,15 +230,6 @@ def compare(
 
 def _cell(value: float) -> str:
     return "" if math.isnan(value) else f"{value:.6g}"
-
-
-def _signed(interval: Interval, digits: int = 3) -> str:
-    if math.isnan(interval.value):
-        return "n/a"
-    text = f"{interval.value:+.{digits}f}"
-    if not math.isnan(interval.low):
-        text += f" [{interval.low:+.{digits}f}, {interval.high:+.{digits}f}]"
-    return text
 
 
 def write_comparison(entries: Sequence[Entry], out: Path, *, plots_too: bool = True) -> None:
@@ -342,7 +289,7 @@ def write_comparison(entries: Sequence[Entry], out: Path, *, plots_too: bool = T
             if e.delta is None:
                 cells = ["n/a"] * len(COMPARE_METRICS)
             else:
-                cells = [_signed(e.delta[m]) for m in COMPARE_METRICS]
+                cells = [e.delta[m].format(sign="+") for m in COMPARE_METRICS]
             lines.append(f"| {e.spec.label} | " + " | ".join(cells) + f" | {e.delta_note} |")
     lines += ["", "## Inputs", ""]
     for e in entries:
@@ -361,30 +308,17 @@ def write_comparison(entries: Sequence[Entry], out: Path, *, plots_too: bool = T
     lines += [f"- `{m}`: {DEFINITIONS[m]}." for m in COMPARE_METRICS]
     (out / "comparison.md").write_text("\n".join(lines) + "\n")
     if plots_too:
-        top = [
-            plots.Panel(
-                e.spec.label,
-                e.rollouts.p_yes[e.rollouts.parseable],
-                e.rollouts.y[e.rollouts.parseable],
-                len(e.rollouts),
-            )
+        parts = [
+            (e.spec.label, e.rollouts.subset(e.rollouts.parseable), len(e.rollouts))
             for e in entries
         ]
-        bottom = [
-            plots.Panel(
-                e.spec.label,
-                e.rollouts.confidence[e.rollouts.parseable],
-                e.rollouts.correct[e.rollouts.parseable],
-                len(e.rollouts),
-            )
-            for e in entries
-        ]
+        top = [plots.Panel(label, r.p_yes, r.y, n) for label, r, n in parts]
+        bottom = [plots.Panel(label, r.confidence, r.correct, n) for label, r, n in parts]
         plots.reliability_grid(
-            top,
+            [top, bottom],
             out / "comparison_reliability.png",
             "Reliability side by side: stated P(YES) (top), confidence in the answer (bottom)",
-            rows_of=[top, bottom],
-            row_labels=[
+            [
                 ("stated P(YES)", "fraction of true answers"),
                 ("confidence in the predicted answer", "fraction correct"),
             ],

@@ -1,34 +1,26 @@
 """Calibration metrics: the one definition of each number the analysis reports.
 
-Every function takes plain numpy arrays, checks them at the edge, and accepts optional per-rollout
-``weights`` so that the bootstrap (which resamples whole questions, i.e. gives each rollout the
-multiplicity of its question) reuses exactly these definitions instead of a second copy. The
-weights may also be a ``(resamples, n)`` matrix, one weight vector per row: the metric is then
-computed for every row at once (one array of values instead of a float), which is how the
-bootstrap evaluates 1,000 resamples without 1,000 Python-level calls.
+Every metric is a ratio of sums over rollouts (or over question groups, for the self-ensemble).
+``tally`` adds those sums up per *unit* (a step, a question, a rollout) and ``finish`` turns one
+vector of sums into plain floats. A step's metrics are ``finish`` of its units' summed tally; a
+bootstrap resample is ``finish`` of the units' tally weighted by how often each unit was drawn
+(``bootstrap``), so resampling never needs a second definition of any metric.
 
-Definitions (also printed into every report, see ``DEFINITIONS``):
-
-- parse rate: parseable rollouts / all rollouts. Unparseable rollouts are never dropped silently.
-- prediction, correctness, confidence: ``calibrated_qa.reward``'s, for every input format. The
-  prediction is YES iff P(YES) > 0.5 (a stated 50% counts as NO); a rollout is correct iff its
-  prediction matches the truth; its confidence is ``max(P(YES), 1 - P(YES))``. The answer word is
-  not used (the reward ignores it: "YES with 30%" predicts NO with confidence 0.7).
-- accuracy: correct rollouts / **all** rollouts; an unparseable rollout counts as wrong.
-- Brier: mean ``(P(YES) - y)^2`` over parseable rollouts, ``y = 1`` for a true answer.
-- ECE: 10 equal-width bins on the **integer percent** ``round(100 p)`` (half up): bins [0,10),
-  [10,20), ..., [90,100], the last closed. ``sum_b n_b / n * |mean p_b - freq_b|``. Integer
-  binning matters: with float edges 0.3 and 0.6 fall into the bin below (0.3 != 3 * 0.1).
-  ``ece_pyes`` bins P(YES) against y (the recipe's view); ``ece_conf`` bins the confidence in the
-  predicted answer against its correctness (the literature's view). Both over parseable rollouts.
-- AUROC: probability that a correct parseable rollout states a higher confidence in its answer than
-  a wrong one (ties count one half): how well confidence separates right from wrong.
+The definitions are written once, in ``DEFINITIONS`` (printed into every report). Prediction,
+correctness and confidence are ``calibrated_qa.reward``'s (the side of P(YES), never the answer
+word); Brier is the records' own; ECE bins the *integer percent* ``round(100 p)`` (with float
+edges 0.3 and 0.6 would fall into the bin below).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
+
+from calibrated_qa.analysis.readers import Rollouts
+from calibrated_qa.reward import answer_confidence, brier_score, is_correct
 
 N_BINS = 10
 # A length penalty below -PENALTY_TOLERANCE counts as "penalized"; the reference CSV stores rewards
@@ -67,82 +59,21 @@ DEFINITIONS: dict[str, str] = {
         "(grouped by question identity, never by adjacent lines); Brier/ECE over those means"
     ),
 }
-
-
-def _array(values: ArrayLike, name: str, dtype: type) -> NDArray:
-    arr = np.asarray(values, dtype=dtype)
-    if arr.ndim != 1:
-        raise ValueError(f"{name} must be one-dimensional, got shape {arr.shape}")
-    return arr
-
-
-def _weights(weights: ArrayLike | None, n: int) -> NDArray[np.float64]:
-    """Weights of shape ``(n,)``, or ``(resamples, n)``: one weight vector per row."""
-    if weights is None:
-        return np.ones(n)
-    w = np.asarray(weights, dtype=np.float64)
-    if w.ndim == 1 and w.shape != (n,):
-        raise ValueError(f"weights has {w.size} entries for {n} values")
-    if w.ndim not in (1, 2) or w.shape[-1] != n:
-        raise ValueError(f"weights must have shape ({n},) or (resamples, {n}), got {w.shape}")
-    if w.size and not (w.min() >= 0 and np.isfinite(w.sum())):  # one pass each; NaN fails
-        raise ValueError("weights must be finite and non-negative")
-    return w
-
-
-def _result(value: NDArray[np.float64]) -> float | NDArray[np.float64]:
-    """A float for one weight vector, an array of one value per row for a batch of them."""
-    return float(value) if np.ndim(value) == 0 else value
-
-
-def _probabilities(p: ArrayLike, name: str) -> NDArray[np.float64]:
-    arr = _array(p, name, np.float64)
-    if not np.all((arr >= 0) & (arr <= 1)):  # also rejects NaN
-        raise ValueError(f"{name} must lie in [0, 1] (no NaN): drop unparseable rollouts first")
-    return arr
-
-
-def _outcomes(y: ArrayLike, n: int, name: str) -> NDArray[np.float64]:
-    arr = _array(y, name, np.float64)
-    if arr.shape != (n,):
-        raise ValueError(f"{name} has {arr.size} entries for {n} probabilities")
-    if not np.all((arr == 0) | (arr == 1)):
-        raise ValueError(f"{name} must be 0/1 (or bool)")
-    return arr
-
-
-def grouped_sum(
-    index: NDArray[np.int64], weights: NDArray[np.float64], length: int
-) -> NDArray[np.float64]:
-    """``np.bincount(index, weights, minlength=length)`` of each row of ``weights``.
-
-    ``index`` (values in ``[0, length)``) is shared by all rows; a 1-D ``weights`` gives one
-    row's sums, a 2-D one gives ``(rows, length)``. Each row is summed in the same order as its
-    own ``np.bincount``, so a batch gives exactly the sums of the rows one at a time.
-    """
-    if weights.ndim == 1:
-        return np.bincount(index, weights=weights, minlength=length)
-    rows = weights.shape[0]
-    flat = (index + length * np.arange(rows)[:, None]).ravel()
-    sums = np.bincount(flat, weights=weights.ravel(), minlength=rows * length)
-    return sums.reshape(rows, length)
-
-
-def weighted_mean(
-    values: ArrayLike, weights: ArrayLike | None = None
-) -> float | NDArray[np.float64]:
-    """Mean of ``values`` under ``weights``; NaN when the total weight is zero.
-
-    With weights of shape ``(resamples, n)``, one mean per row (as an array); the same holds
-    for every weighted metric below.
-    """
-    v = _array(values, "values", np.float64)
-    w = _weights(weights, v.size)
-    total = w.sum(axis=-1)
-    # einsum, not BLAS, for a batch: a multi-threaded gemv contends with anything else running
-    dot = np.dot(v, w) if w.ndim == 1 else np.einsum("ri,i->r", w, v)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return _result(np.where(total > 0, dot / total, np.nan))
+# Column order of metrics_by_step.csv after "step" (and of the summary's tables).
+METRIC_NAMES = (
+    "parse_rate", "accuracy", "ece_pyes", "ece_conf", "brier", "auroc", "reward",
+    "calibration_reward", "length_penalty", "mean_length", "penalized_frac", "mean_p_yes",
+    "ensemble_brier", "ensemble_ece_pyes",
+)  # fmt: skip
+# Sums per unit: scalar columns, then three blocks of bins (count, sum of p, sum of outcomes) for
+# P(YES), confidence and the self-ensemble, then correct/wrong counts per confidence level.
+_SCALARS = (
+    "n", "parseable", "correct", "brier", "p_yes", "reward", "calibration_reward",
+    "length_penalty", "penalized", "length", "groups", "ensemble_brier",
+)  # fmt: skip
+_COL = {name: i for i, name in enumerate(_SCALARS)}
+_BINS = len(_SCALARS)  # start of the bin blocks: 3 blocks x (count, sum p, sum y) x N_BINS
+_LEVELS = _BINS + 9 * N_BINS
 
 
 def percent_bin(p: ArrayLike) -> NDArray[np.int64]:
@@ -151,104 +82,211 @@ def percent_bin(p: ArrayLike) -> NDArray[np.int64]:
     ``np.round(., 6)`` first removes float noise (``1 - 0.7`` is 0.30000000000000004) so a stated
     30% always lands in [30, 40); 100% lands in the last, closed bin.
     """
-    pct = np.floor(np.round(_probabilities(p, "p") * 100, 6) + 0.5)
+    arr = np.asarray(p, dtype=np.float64)
+    if arr.ndim != 1 or not np.all((arr >= 0) & (arr <= 1)):  # also rejects NaN
+        raise ValueError("probabilities must be a 1-D array in [0, 1] (drop unparseable first)")
+    pct = np.floor(np.round(arr * 100, 6) + 0.5)
     return np.minimum(pct.astype(np.int64) // 10, N_BINS - 1)
 
 
-def reliability_bins(
-    p: ArrayLike, y: ArrayLike, weights: ArrayLike | None = None
-) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
-    """Per bin (10 integer-percent bins): weighted count, mean predicted p, observed frequency.
+@dataclass(frozen=True)
+class Tally:
+    """Sums per unit (rows) that every metric is a ratio of; ``finish`` reads one row or a sum."""
 
-    Empty bins have count 0 and NaN mean/frequency. This is the reliability diagram's data.
-    With weights of shape ``(resamples, n)`` each array has shape ``(resamples, 10)``.
+    sums: NDArray[np.float64]  # (units, columns)
+    levels: int  # distinct confidence levels (AUROC)
+    identity: bool  # rollouts grouped by question: the self-ensemble exists
+
+
+def _bins(out: NDArray[np.float64], block: int, unit: NDArray, p: NDArray, y: NDArray) -> None:
+    n_units = out.shape[0]
+    index = unit * N_BINS + percent_bin(p)
+    for k, weights in enumerate((None, p, y.astype(np.float64))):
+        sums = np.bincount(index, weights=weights, minlength=n_units * N_BINS)
+        start = _BINS + (3 * block + k) * N_BINS
+        out[:, start : start + N_BINS] = sums.reshape(n_units, N_BINS)
+
+
+def tally(r: Rollouts, unit: NDArray[np.int64], n_units: int) -> Tally:
+    """The sums of every metric per unit (``unit`` gives each rollout its unit in range(n_units)).
+
+    The self-ensemble groups rollouts by (step, question); each group must lie in one unit.
     """
-    prob = _probabilities(p, "p")
-    out = _outcomes(y, prob.size, "y")
-    w = _weights(weights, prob.size)
-    bins = percent_bin(prob)
-    count = grouped_sum(bins, w, N_BINS)
-    sum_p = grouped_sum(bins, w * prob, N_BINS)
-    sum_y = grouped_sum(bins, w * out, N_BINS)
+    ok = r.parseable
+    levels, level = np.unique(r.confidence[ok], return_inverse=True)
+    out = np.zeros((n_units, _LEVELS + 2 * levels.size))
+    columns = {
+        "n": None, "parseable": ok, "correct": r.correct & ok, "reward": r.reward,
+        "calibration_reward": r.calibration_reward, "length_penalty": r.length_penalty,
+        "penalized": r.length_penalty < -PENALTY_TOLERANCE, "length": r.length,
+    }  # fmt: skip
+    for name, values in columns.items():
+        weights = None if values is None else values.astype(np.float64)
+        out[:, _COL[name]] = np.bincount(unit, weights=weights, minlength=n_units)
+    u = unit[ok]
+    out[:, _COL["brier"]] = np.bincount(u, weights=r.brier[ok], minlength=n_units)
+    out[:, _COL["p_yes"]] = np.bincount(u, weights=r.p_yes[ok], minlength=n_units)
+    _bins(out, 0, u, r.p_yes[ok], r.y[ok])
+    _bins(out, 1, u, r.confidence[ok], r.correct[ok])
+    n_levels = levels.size
+    for k, outcome in enumerate((r.correct[ok], ~r.correct[ok])):
+        sums = np.bincount(u * n_levels + level, weights=outcome, minlength=n_units * n_levels)
+        start = _LEVELS + k * n_levels
+        out[:, start : start + n_levels] = sums.reshape(n_units, n_levels)
+    identity = r.has_identity
+    if identity:
+        p, truth, group_unit, _ = ensemble(r, unit)
+        briers = np.array(
+            [brier_score(q, t) for q, t in zip(p.tolist(), truth.tolist(), strict=True)]
+        )
+        out[:, _COL["groups"]] = np.bincount(group_unit, minlength=n_units)
+        out[:, _COL["ensemble_brier"]] = np.bincount(group_unit, briers, minlength=n_units)
+        _bins(out, 2, group_unit, p, truth)
+    return Tally(out, n_levels, identity)
+
+
+def question_groups(r: Rollouts) -> tuple[NDArray[np.int64], int]:
+    """Each rollout's (step, question) group code, and the number of groups."""
+    _, question = np.unique(r.question, return_inverse=True)
+    _, group = np.unique(r.step * (question.max(initial=0) + 1) + question, return_inverse=True)
+    return group, int(group.max(initial=-1)) + 1
+
+
+def ensemble(
+    r: Rollouts, unit: NDArray[np.int64] | None = None
+) -> tuple[NDArray[np.float64], NDArray[np.bool_], NDArray[np.int64], int]:
+    """Self-ensemble: mean P(YES) over the parseable rollouts of each (step, question) group.
+
+    Returns (mean P(YES), truth, the group's unit, groups without a parseable rollout). Grouping
+    is by question identity, so interleaved appends from several workers cannot mix questions.
+    """
+    group, n_groups = question_groups(r)
+    ok = r.parseable
+    n_ok = np.bincount(group[ok], minlength=n_groups)
+    sum_p = np.bincount(group[ok], weights=r.p_yes[ok], minlength=n_groups)
+    truth = np.zeros(n_groups, dtype=bool)
+    truth[group] = r.y
+    group_unit = np.zeros(n_groups, dtype=np.int64)
+    if unit is not None:
+        group_unit[group] = unit
+    has = n_ok > 0
+    return sum_p[has] / n_ok[has], truth[has], group_unit[has], int(np.sum(~has))
+
+
+def _ratio(a: float, b: float) -> float:
+    return float(a / b) if b > 0 else float("nan")
+
+
+def reliability(sums: NDArray[np.float64], block: int = 0) -> tuple[NDArray, NDArray, NDArray]:
+    """(count, mean p, observed frequency) per bin of one tally row; NaN in empty bins."""
+    start = _BINS + 3 * block * N_BINS
+    count, sum_p, sum_y = sums[start : start + 3 * N_BINS].reshape(3, N_BINS)
     with np.errstate(invalid="ignore", divide="ignore"):
-        mean_p = np.where(count > 0, sum_p / count, np.nan)
-        freq = np.where(count > 0, sum_y / count, np.nan)
-    return count, mean_p, freq
+        return (
+            count,
+            np.where(count > 0, sum_p / count, np.nan),
+            np.where(count > 0, sum_y / count, np.nan),
+        )
 
 
-def expected_calibration_error(
-    p: ArrayLike, y: ArrayLike, weights: ArrayLike | None = None
-) -> float | NDArray[np.float64]:
-    """ECE: count-weighted mean of ``|mean p - frequency|`` over 10 integer-percent bins.
-
-    NaN when there is nothing to bin (no parseable rollouts).
-    """
-    count, mean_p, freq = reliability_bins(p, y, weights)
-    total = count.sum(axis=-1)
-    gaps = np.where(count > 0, count * np.abs(mean_p - freq), 0.0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return _result(np.where(total > 0, gaps.sum(axis=-1) / total, np.nan))
+def _ece(sums: NDArray[np.float64], block: int) -> float:
+    # sum_b n_b/n |mean p_b - freq_b| = sum_b |sum p_b - sum y_b| / n
+    start = _BINS + 3 * block * N_BINS
+    count, sum_p, sum_y = sums[start : start + 3 * N_BINS].reshape(3, N_BINS)
+    return _ratio(float(np.abs(sum_p - sum_y).sum()), float(count.sum()))
 
 
-def brier(
-    p: ArrayLike, y: ArrayLike, weights: ArrayLike | None = None
-) -> float | NDArray[np.float64]:
-    """Mean squared error of P(YES) against the 0/1 outcome; NaN when there are no rollouts."""
-    prob = _probabilities(p, "p")
-    out = _outcomes(y, prob.size, "y")
-    return weighted_mean((prob - out) ** 2, weights)
+def _auroc(pos: NDArray[np.float64], neg: NDArray[np.float64]) -> float:
+    below = np.cumsum(neg) - neg  # wrong rollouts at lower confidence levels
+    return _ratio(float(np.sum(pos * (below + 0.5 * neg))), float(pos.sum() * neg.sum()))
 
 
-def auroc(
-    score: ArrayLike, label: ArrayLike, weights: ArrayLike | None = None
-) -> float | NDArray[np.float64]:
-    """Area under the ROC curve of ``score`` for ``label`` (Mann-Whitney form, ties count 1/2).
-
-    Computed on the unique score levels, so it is exact for any scores and cheap for integer
-    percents. NaN when either class is absent (the area is undefined, not 0.5).
-    """
-    s = _array(score, "score", np.float64)
-    if not np.all(np.isfinite(s)):
-        raise ValueError("score must be finite: drop unparseable rollouts first")
-    lab = _outcomes(label, s.size, "label").astype(bool)
-    w = _weights(weights, s.size)
-    levels, inverse = np.unique(s, return_inverse=True)
-    pos = grouped_sum(inverse, w * lab, levels.size)
-    neg = grouped_sum(inverse, w * ~lab, levels.size)
-    total_pos, total_neg = pos.sum(axis=-1), neg.sum(axis=-1)
-    neg_below = np.cumsum(neg, axis=-1) - neg
-    area = np.sum(pos * (neg_below + 0.5 * neg), axis=-1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        defined = (total_pos > 0) & (total_neg > 0)
-        return _result(np.where(defined, area / (total_pos * total_neg), np.nan))
-
-
-def rollout_metrics(
-    *,
-    parseable: NDArray[np.bool_],
-    correct: NDArray[np.bool_],
-    p_yes: NDArray[np.float64],
-    confidence: NDArray[np.float64],
-    y: NDArray[np.bool_],
-    weights: NDArray[np.float64] | None = None,
-) -> dict[str, float | NDArray[np.float64]]:
-    """The calibration metrics of one set of rollouts (see the module docstring).
-
-    ``p_yes`` and ``confidence`` may hold NaN where ``parseable`` is False; those rollouts count
-    in parse rate and accuracy and nowhere else. With weights of shape ``(resamples, n)`` each
-    value is an array of one value per row.
-    """
-    n = parseable.size
-    w = _weights(weights, n)
-    ok = parseable.astype(bool)
-    wp = np.compress(ok, w, axis=-1)  # stays C-contiguous for a batch (w[..., ok] does not)
-    p, conf, yy, right = p_yes[ok], confidence[ok], y[ok], correct[ok]
+def finish(sums: NDArray[np.float64], levels: int, identity: bool = True) -> dict[str, float]:
+    """Every metric of ``METRIC_NAMES`` from one vector of tally sums."""
+    s = dict(zip(_SCALARS, sums[: len(_SCALARS)].tolist(), strict=True))
+    n, ok, groups = s["n"], s["parseable"], s["groups"]
+    pos, neg = sums[_LEVELS : _LEVELS + levels], sums[_LEVELS + levels : _LEVELS + 2 * levels]
+    nan = float("nan")
     return {
-        "parse_rate": weighted_mean(ok, w),
-        "accuracy": weighted_mean(correct & ok, w),
-        "brier": brier(p, yy, wp),
-        "ece_pyes": expected_calibration_error(p, yy, wp),
-        "ece_conf": expected_calibration_error(conf, right, wp),
-        "auroc": auroc(conf, right, wp),
-        "mean_p_yes": weighted_mean(p, wp),
+        "parse_rate": _ratio(ok, n),
+        "accuracy": _ratio(s["correct"], n),
+        "ece_pyes": _ece(sums, 0),
+        "ece_conf": _ece(sums, 1),
+        "brier": _ratio(s["brier"], ok),
+        "auroc": _auroc(pos, neg),
+        "reward": _ratio(s["reward"], n),
+        "calibration_reward": _ratio(s["calibration_reward"], n),
+        "length_penalty": _ratio(s["length_penalty"], n),
+        "mean_length": _ratio(s["length"], n),
+        "penalized_frac": _ratio(s["penalized"], n),
+        "mean_p_yes": _ratio(s["p_yes"], ok),
+        "ensemble_brier": _ratio(s["ensemble_brier"], groups) if identity else nan,
+        "ensemble_ece_pyes": _ece(sums, 2) if identity else nan,
     }
+
+
+def summarize(r: Rollouts) -> dict[str, float]:
+    """Every metric of ``METRIC_NAMES`` for these rollouts."""
+    t = tally(r, np.zeros(len(r), dtype=np.int64), 1)
+    return finish(t.sums[0], t.levels, t.identity)
+
+
+def step_rows(r: Rollouts) -> list[dict[str, float]]:
+    """One row per present step: step, n, questions, then ``METRIC_NAMES``."""
+    steps, unit = np.unique(r.step, return_inverse=True)
+    t = tally(r, unit, steps.size)
+    rows = []
+    for i, step in enumerate(steps.tolist()):
+        questions = np.unique(r.question[unit == i]).size if t.identity else float("nan")
+        row: dict[str, float] = {"step": step, "n": int(t.sums[i, 0]), "n_questions": questions}
+        rows.append(row | finish(t.sums[i], t.levels, t.identity))
+    return rows
+
+
+def _plain(
+    p: ArrayLike, y: ArrayLike, score: ArrayLike | None = None, label: ArrayLike | None = None
+) -> dict[str, float | NDArray[np.float64]]:
+    """Every metric and the first reliability block of parseable rollouts given as plain arrays:
+    P(YES) and 0/1 outcomes, with the confidence/correctness pair (``score``/``label``) derived
+    from them as the readers do, or given (for AUROC of any score in [0, 1])."""
+    p, y = np.asarray(p, dtype=np.float64), np.asarray(y)
+    percent_bin(p)  # validates
+    if y.shape != p.shape or not np.all((y == 0) | (y == 1)):
+        raise ValueError("outcomes must be 0/1, one per probability")
+    y = y.astype(bool)
+    n, zeros, pairs = p.size, np.zeros(p.size), list(zip(p.tolist(), y.tolist(), strict=True))
+    if score is None:  # as the readers derive them, from calibrated_qa.reward
+        score = [answer_confidence(q) for q, _ in pairs]
+        label = [is_correct(q, t) for q, t in pairs]
+    r = Rollouts(
+        index=np.arange(n), file=zeros.astype(int), line=zeros.astype(int),
+        step=zeros.astype(int), question=np.full(n, -1), y=y, parseable=np.ones(n, bool),
+        correct=np.asarray(label).astype(bool), p_yes=p,
+        confidence=np.asarray(score, dtype=np.float64),
+        brier=np.array([brier_score(q, t) for q, t in pairs]),
+        reward=zeros, calibration_reward=zeros, length_penalty=zeros, length=zeros,
+    )  # fmt: skip
+    percent_bin(r.confidence)  # validates a given score
+    t = tally(r, np.zeros(n, dtype=np.int64), 1)
+    return finish(t.sums[0], t.levels, False) | {"bins": reliability(t.sums[0])}  # type: ignore[dict-item]
+
+
+def reliability_bins(p: ArrayLike, y: ArrayLike) -> tuple[NDArray, NDArray, NDArray]:
+    """Per bin: count, mean predicted p, observed frequency (the reliability diagram's data)."""
+    return _plain(p, y)["bins"]  # type: ignore[return-value]
+
+
+def expected_calibration_error(p: ArrayLike, y: ArrayLike) -> float:
+    """ECE of probabilities ``p`` against 0/1 outcomes ``y``; NaN when there is nothing to bin."""
+    return _plain(p, y)["ece_pyes"]  # type: ignore[return-value]
+
+
+def brier(p: ArrayLike, y: ArrayLike) -> float:
+    """Mean Brier score of ``p`` against 0/1 outcomes ``y``; NaN without rollouts."""
+    return _plain(p, y)["brier"]  # type: ignore[return-value]
+
+
+def auroc(score: ArrayLike, label: ArrayLike) -> float:
+    """AUROC of ``score`` (in [0, 1]) for 0/1 ``label``; NaN with one class (undefined)."""
+    s = np.asarray(score, dtype=np.float64)
+    return _plain(np.zeros(s.size), np.zeros(s.size), s, label)["auroc"]  # type: ignore[return-value]

@@ -1,13 +1,16 @@
 """Figures: reliability diagrams, metric curves over training, P(YES) histograms.
 
 matplotlib is imported here only, lazily, with the Agg backend, so metrics-only runs never pay
-for it and nothing needs a display. Every panel states its n; every reliability bar its count.
+for it and nothing needs a display. Every panel states its n; every reliability bin its count;
+an empty panel says "no data: <why>" instead of drawing empty axes. Few artists per panel (one
+``stairs`` per histogram, no ``tight_layout``): drawing, not computing, is what plots cost.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +29,7 @@ class Panel:
     p: NDArray[np.float64]  # parseable rollouts only
     y: NDArray[np.bool_]
     n_total: int  # all rollouts (or groups) of the panel, parseable or not
+    empty: str = "no parseable rollouts"  # what "no data" means here
 
 
 def _pyplot() -> Any:
@@ -37,103 +41,157 @@ def _pyplot() -> Any:
     return plt
 
 
-def _grid(n: int, max_cols: int = 4) -> tuple[int, int]:
-    cols = max(1, min(max_cols, n))
-    return math.ceil(n / cols), cols
+def _figure(rows: int, cols: int, width: float, height: float, title: str) -> tuple[Any, Any]:
+    """A grid with room for a title wrapped to the figure's width (never clipped)."""
+    plt = _pyplot()
+    total = max(width * cols, 6.0)  # a single panel still has room for its figure title
+    fig, axes = plt.subplots(rows, cols, figsize=(total, height * rows), squeeze=False)
+    lines = textwrap.wrap(title, int(total * 11))
+    fig.suptitle("\n".join(lines), fontsize=12, y=1 - 0.1 / (height * rows), va="top")
+    top = 1 - (0.75 + 0.22 * len(lines)) / (height * rows)  # room for two-line panel titles
+    fig.subplots_adjust(
+        left=0.7 / total, right=1 - 0.3 / total, bottom=0.8 / (height * rows), top=top
+    )
+    fig.subplots_adjust(hspace=0.55, wspace=0.28)
+    return fig, axes
+
+
+def _save(fig: Any, path: str | os.PathLike[str], dpi: int = 100) -> None:
+    fig.savefig(path, dpi=dpi)
+    _pyplot().close(fig)
+
+
+TICKS = [0, 0.25, 0.5, 0.75, 1]  # few fixed ticks: tick layout is most of a figure's cost
+
+
+def _no_data(ax: Any, why: str) -> None:
+    ax.set(xticks=[], yticks=[])
+    ax.text(0.5, 0.5, f"no data: {why}", ha="center", va="center", transform=ax.transAxes)
 
 
 def _reliability(ax: Any, panel: Panel, xlabel: str, ylabel: str) -> None:
-    ax.plot([0, 1], [0, 1], "k--", linewidth=1, alpha=0.5, label="perfect calibration")
     n = panel.p.size
+    ece = ""
     if n == 0:
-        ax.text(0.5, 0.5, "no parseable rollouts", ha="center", va="center")
+        _no_data(ax, panel.empty)
     else:
+        ax.plot([0, 1], [0, 1], "k--", linewidth=1, alpha=0.5)
         count, mean_p, freq = reliability_bins(panel.p, panel.y)
         centers = (np.arange(N_BINS) + 0.5) / N_BINS
         filled = count > 0
         ax.bar(centers[filled], freq[filled], width=0.09, alpha=0.35, color="#2563eb")
         ax.plot(mean_p[filled], freq[filled], "o-", color="#1e40af", markersize=4)
-        for x, f, c in zip(centers[filled], freq[filled], count[filled], strict=True):
-            ax.text(x, min(f, 1.0) + 0.02, f"{int(c)}", ha="center", fontsize=7, color="#444")
-    ece = expected_calibration_error(panel.p, panel.y) if n else float("nan")
-    ax.set_title(f"{panel.title}\nn={n} parseable of {panel.n_total}, ECE={ece:.3f}", fontsize=9)
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.12)
+        for x, c in zip(centers[filled], count[filled], strict=True):  # counts at the foot
+            ax.text(x, 0.02, f"{int(c)}", ha="center", va="bottom", rotation=90, fontsize=6.5)
+        ece = f", ECE={expected_calibration_error(panel.p, panel.y):.3f}"
+    ax.set_title(f"{panel.title}\nn={n} parseable of {panel.n_total}{ece}", fontsize=9, y=1.01)
+    ax.set(xlim=(0, 1), ylim=(0, 1.05), xticks=TICKS, yticks=TICKS)
     ax.set_xlabel(xlabel, fontsize=8)
     ax.set_ylabel(ylabel, fontsize=8)
     ax.grid(alpha=0.2)
 
 
 def reliability_grid(
-    panels: Sequence[Panel],
+    rows: Sequence[Sequence[Panel]],
     path: str | os.PathLike[str],
     title: str,
-    *,
-    xlabel: str = "stated P(YES) (10 integer-percent bins)",
-    ylabel: str = "observed fraction of true answers",
-    rows_of: Sequence[Sequence[Panel]] | None = None,
-    row_labels: Sequence[tuple[str, str]] | None = None,
+    labels: Sequence[tuple[str, str]],
 ) -> None:
-    """Reliability diagrams, one per panel (numbers above bars: rollouts in the bin).
+    """Reliability diagrams: one row of panels per entry of ``rows``, axis labels per row.
 
-    ``rows_of`` draws several rows of panels (e.g. P(YES) and confidence side by side), each
-    with its own axis labels from ``row_labels``.
+    A single row wraps into a grid of at most 4 columns. Bars: observed frequency per bin;
+    line: mean stated probability vs frequency; numbers at the foot: rollouts in the bin.
     """
-    plt = _pyplot()
-    rows = [list(r) for r in rows_of] if rows_of else None
-    if rows is None:
-        n_rows, n_cols = _grid(len(panels))
-        flat: list[tuple[Panel, str, str]] = [(p, xlabel, ylabel) for p in panels]
+    if len(rows) == 1:
+        cols = max(1, min(4, len(rows[0])))
+        items = [(p, *labels[0]) for p in rows[0]]
+        n_rows = math.ceil(len(items) / cols)
     else:
-        n_rows, n_cols = len(rows), max(len(r) for r in rows)
-        labels = row_labels or [(xlabel, ylabel)] * n_rows
-        flat = []
+        cols, n_rows, items = max(len(r) for r in rows), len(rows), []
         for r, lab in zip(rows, labels, strict=True):
-            flat += [(p, *lab) for p in r] + [None] * (n_cols - len(r))  # type: ignore[list-item]
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(4.2 * n_cols, 3.9 * n_rows), squeeze=False)
-    for ax, item in zip(axes.flat, flat + [None] * (axes.size - len(flat)), strict=True):
+            items += [(p, *lab) for p in r] + [None] * (cols - len(r))
+    fig, axes = _figure(n_rows, cols, 3.6, 3.3, title)
+    for ax, item in zip(axes.flat, items + [None] * (axes.size - len(items)), strict=True):
         if item is None:
             ax.set_visible(False)
         else:
             _reliability(ax, *item)
-    fig.suptitle(title, fontsize=12)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def message_figure(path: str | os.PathLike[str], title: str, message: str) -> None:
     """A figure that says why there is nothing to plot (so no expected file is ever missing)."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 2.5))
-    ax.axis("off")
-    ax.set_title(title)
-    ax.text(0.5, 0.5, message, ha="center", va="center", wrap=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    fig, axes = _figure(1, 1, 7.5, 2.5, title)
+    axes[0, 0].axis("off")
+    _no_data(axes[0, 0], message)
+    _save(fig, path)
 
 
 def pyes_histograms(panels: Sequence[Panel], path: str | os.PathLike[str]) -> None:
     """Histograms of stated P(YES) per panel, split by the true answer (1% bins)."""
-    plt = _pyplot()
-    n_rows, n_cols = _grid(len(panels))
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(4.2 * n_cols, 3.3 * n_rows), squeeze=False)
+    from matplotlib.ticker import MaxNLocator
+
+    cols = max(1, min(4, len(panels)))
+    fig, axes = _figure(
+        math.ceil(len(panels) / cols), cols, 3.6, 3.1, "Stated P(YES) by true answer"
+    )
+    fig.subplots_adjust(hspace=0.75)
     edges = np.linspace(-0.005, 1.005, 102)
     for ax, panel in zip(axes.flat, panels, strict=False):
-        for truth, color, name in ((True, "#16a34a", "true: yes"), (False, "#dc2626", "true: no")):
-            values = panel.p[panel.y == truth]
-            ax.hist(values, bins=edges, color=color, alpha=0.6, label=f"{name} (n={values.size})")
         unparseable = panel.n_total - panel.p.size
-        ax.set_title(f"{panel.title}\n{unparseable} unparseable of {panel.n_total}", fontsize=9)
+        title = f"{panel.title}\n{unparseable} unparseable of {panel.n_total}"
+        ax.set_title(title, fontsize=9, y=1.01)
         ax.set_xlabel("stated P(YES)", fontsize=8)
         ax.set_ylabel("rollouts", fontsize=8)
-        ax.legend(fontsize=7)
+        ax.set(xlim=(0, 1), xticks=TICKS)
+        ax.yaxis.set_major_locator(MaxNLocator(4, integer=True))
+        if panel.p.size == 0:
+            _no_data(ax, panel.empty)
+            continue
+        for truth, color, name in ((True, "#16a34a", "true: yes"), (False, "#dc2626", "true: no")):
+            values = panel.p[panel.y == truth]
+            counts, _ = np.histogram(values, bins=edges)
+            ax.stairs(
+                counts, edges, fill=True, color=color, alpha=0.55, label=f"{name} (n={values.size})"
+            )
+        ax.set_ylim(bottom=0)
+        ax.legend(fontsize=7, loc="upper center")
     for ax in list(axes.flat)[len(panels) :]:
         ax.set_visible(False)
-    fig.suptitle("Stated P(YES) by true answer", fontsize=12)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
+
+
+# (column, label, color, marker): markers and a small x offset per line keep equal values visible
+_CURVES = {
+    "reward": [
+        ("reward", "reward (analysis)", "#111", "o"),
+        ("calibration_reward", "calibration term", "#2563eb", "s"),
+        ("length_penalty", "length penalty", "#dc2626", "^"),
+    ],
+    "brier": [
+        ("brier", "rollouts", "#2563eb", "o"),
+        ("ensemble_brier", "self-ensemble", "#7c3aed", "s"),
+    ],
+    "ece": [
+        ("ece_pyes", "ECE on P(YES)", "#2563eb", "o"),
+        ("ece_conf", "ECE on confidence", "#ea580c", "s"),
+    ],
+    "rates": [
+        ("accuracy", "accuracy (unparseable = wrong)", "#16a34a", "o"),
+        ("parse_rate", "parse rate", "#111", "s"),
+        ("penalized_frac", "length-penalized fraction", "#dc2626", "^"),
+    ],
+    "length": [("mean_length", "mean length L", "#111", "o")],
+    "auroc": [("auroc", "AUROC", "#0891b2", "o")],
+}
+_TITLES = {
+    "reward": "Reward = calibration term + length penalty",
+    "brier": "Brier score (parseable rollouts; lower is better)",
+    "ece": "ECE, 10 integer-percent bins (lower is better)",
+    "rates": "Accuracy, parse rate, penalized fraction",
+    "length": "Mean completion length L (penalty-free band dotted)",
+    "auroc": "AUROC: confidence separates correct from wrong",
+}
 
 
 def metric_curves(
@@ -145,63 +203,56 @@ def metric_curves(
     x_label: str = "training step",
 ) -> None:
     """Reward (split into its terms), Brier, both ECEs, accuracy, parse rate, length per step."""
-    plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     steps = np.array([r["step"] for r in rows], dtype=float)
-
-    def col(name: str) -> NDArray[np.float64]:
-        return np.array([r[name] for r in rows], dtype=float)
-
-    marker = "o-" if len(rows) <= 60 else "-"
-    fig, axes = plt.subplots(2, 3, figsize=(16, 8.5))
-    ax = axes[0][0]
-    if orchestrator:
-        keys = sorted(orchestrator)
-        ax.plot(keys, [orchestrator[k] for k in keys], "-", color="#999", label="orchestrator log")
-    ax.plot(steps, col("reward"), marker, label="reward (analysis)", color="#111")
-    ax.plot(steps, col("calibration_reward"), marker, label="calibration term", color="#2563eb")
-    ax.plot(steps, col("length_penalty"), marker, label="length penalty", color="#dc2626")
-    ax.axhline(0, color="k", linewidth=0.5)
-    ax.set_title("Reward = calibration term + length penalty")
-    ax.set_ylabel("mean over rollouts")
-    ax.legend(fontsize=8)
-    axes[0][1].plot(steps, col("brier"), marker, color="#2563eb", label="rollouts")
-    if not np.all(np.isnan(col("ensemble_brier"))):
-        axes[0][1].plot(
-            steps, col("ensemble_brier"), marker, color="#7c3aed", label="self-ensemble"
-        )
-    axes[0][1].set_title("Brier score (parseable rollouts; lower is better)")
-    axes[0][1].legend(fontsize=8)
-    axes[0][2].plot(steps, col("ece_pyes"), marker, label="ECE on P(YES)", color="#2563eb")
-    axes[0][2].plot(steps, col("ece_conf"), marker, label="ECE on confidence", color="#ea580c")
-    axes[0][2].set_title("ECE, 10 integer-percent bins (lower is better)")
-    axes[0][2].legend(fontsize=8)
-    ax = axes[1][0]
-    ax.plot(steps, col("accuracy"), marker, label="accuracy (unparseable = wrong)", color="#16a34a")
-    ax.plot(steps, col("parse_rate"), marker, label="parse rate", color="#111")
-    ax.plot(
-        steps, col("penalized_frac"), marker, label="length-penalized fraction", color="#dc2626"
+    n_per_step = int(np.median([r["n"] for r in rows])) if rows else 0
+    title = (
+        f"Metrics per step ({len(rows)} step{'s' * (len(rows) != 1)}, ~{n_per_step} rollouts each)"
     )
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_title("Accuracy, parse rate, penalized fraction")
-    ax.legend(fontsize=8)
-    ax = axes[1][1]
-    lengths = col("mean_length")
-    if np.all(np.isnan(lengths)):
-        ax.text(0.5, 0.5, "length not recorded in this input", ha="center", transform=ax.transAxes)
-    else:
-        ax.plot(steps, lengths, marker, color="#111")
-        if max_tokens:
+    fig, axes = _figure(2, 3, 5.2, 3.9, title)
+    fig.subplots_adjust(bottom=0.17, hspace=0.7)
+    span = max(1.0, float(np.ptp(steps)) if steps.size else 1.0)
+    for ax, (panel, curves) in zip(axes.flat, _CURVES.items(), strict=True):
+        ax.set_title(_TITLES[panel], fontsize=10, y=1.01)
+        ax.set_xlabel(x_label, fontsize=9)
+        ax.xaxis.set_major_locator(MaxNLocator(6, integer=True))
+        ax.yaxis.set_major_locator(MaxNLocator(5))
+        ax.grid(alpha=0.25)
+        if panel == "reward" and orchestrator:
+            keys = sorted(orchestrator)
+            ax.plot(
+                keys, [orchestrator[k] for k in keys], "-", color="#999", label="orchestrator log"
+            )
+        drawn = 0
+        for k, (column, label, color, marker) in enumerate(curves):
+            values = np.array([r[column] for r in rows], dtype=float)
+            if np.all(np.isnan(values)):
+                continue
+            offset = (k - (len(curves) - 1) / 2) * 0.012 * span
+            style = dict(color=color, marker=marker, markersize=6 - k, linewidth=1.2, label=label)
+            ax.plot(steps + offset, values, markerfacecolor="none" if k else color, **style)
+            drawn += 1
+        if not drawn:
+            why = (
+                "length not recorded in this input"
+                if panel == "length"
+                else "no parseable rollouts"
+            )
+            _no_data(ax, why)
+            continue
+        if panel == "length" and max_tokens:
             for bound in (max_tokens / 5, 4 * max_tokens / 5):
                 ax.axhline(bound, color="#dc2626", linestyle=":", linewidth=1)
-    ax.set_title("Mean completion length L (penalty-free band dotted)")
-    axes[1][2].plot(steps, col("auroc"), marker, color="#0891b2")
-    axes[1][2].axhline(0.5, color="k", linestyle=":", linewidth=1)
-    axes[1][2].set_title("AUROC: confidence separates correct from wrong")
-    for ax in axes.flat:
-        ax.set_xlabel(x_label)
-        ax.grid(alpha=0.25)
-    n_per_step = int(np.median([r["n"] for r in rows])) if rows else 0
-    fig.suptitle(f"Metrics per step ({len(rows)} steps, ~{n_per_step} rollouts each)", fontsize=12)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+        if panel == "auroc":
+            ax.axhline(0.5, color="k", linestyle=":", linewidth=1)
+        if panel == "rates":
+            ax.set_ylim(-0.02, 1.02)
+        if len(curves) > 1 or panel == "reward":
+            ax.legend(
+                fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False
+            )
+    if steps.size == 1:
+        for ax in axes.flat:
+            ax.set_xlim(steps[0] - 1, steps[0] + 1)
+    _save(fig, path, dpi=100)

@@ -17,9 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from calibrated_qa.analysis import plots
-from calibrated_qa.analysis.aggregate import METRIC_NAMES, ensemble, step_rows, with_intervals
-from calibrated_qa.analysis.bootstrap import DEFAULT_RESAMPLES, Interval
-from calibrated_qa.analysis.metrics import DEFINITIONS
+from calibrated_qa.analysis.bootstrap import DEFAULT_RESAMPLES, Interval, with_intervals
+from calibrated_qa.analysis.metrics import DEFINITIONS, METRIC_NAMES, ensemble, step_rows
 from calibrated_qa.analysis.readers import AnalysisInputError, ReadReport, Rollouts, read_rollouts
 from calibrated_qa.analysis.steps import (
     Attribution,
@@ -30,7 +29,6 @@ from calibrated_qa.analysis.steps import (
     read_orchestrator_rewards,
     step_groups,
 )
-from calibrated_qa.reward import length_penalty
 
 MAX_PANELS = 12
 LABELS = {
@@ -51,24 +49,13 @@ LABELS = {
 }
 
 
-@dataclass
+@dataclass(frozen=True)
 class Options:
-    """Everything the CLI passes in (see ``analyze_calibration.py --help``)."""
+    """How to analyse (the run's shape is a ``RunShape``; see ``analyze_calibration.py --help``)."""
 
-    generations: Sequence[str]
-    out: Path
     split: str = "train"
-    batch_size: int | None = None
-    rollouts_per_example: int | None = None
-    max_tokens: int | None = None
-    group_size: int | None = None
-    max_steps: int | None = None  # the run's: records past max_steps x batch_size are left out
-    max_steps_source: str = "--max-steps"
+    group_size: int | None = None  # steps per reliability diagram
     orchestrator_log: str | None = None
-    eval_size: int | None = None
-    eval_interval: int | None = None
-    eval_base_model: bool = True
-    eval_rollouts_per_example: int | None = None
     plots: bool = True
     skip_bad_lines: bool = False
     allow_partial_step: bool = False
@@ -82,6 +69,7 @@ class Analysis:
     """The computed results, before anything is written."""
 
     options: Options
+    shape: RunShape
     rollouts: Rollouts
     read: ReadReport
     attribution: Attribution
@@ -99,23 +87,6 @@ class Analysis:
     @property
     def last_step(self) -> int:
         return int(self.rows[-1]["step"])
-
-
-def _check_length_penalty(rollouts: Rollouts, max_tokens: int | None) -> str | None:
-    """Compare the logged length penalty with the reward's formula at the config's max_tokens."""
-    if max_tokens is None or np.all(np.isnan(rollouts.length)):
-        return None
-    known = ~np.isnan(rollouts.length)
-    # once per distinct length (lengths repeat: ~1,000 values for 51,200 rollouts)
-    lengths, inverse = np.unique(rollouts.length[known], return_inverse=True)
-    expected = np.array([length_penalty(x, max_tokens) for x in lengths.tolist()])[inverse]
-    bad = int(np.sum(np.abs(expected - rollouts.length_penalty[known]) > 1e-6))
-    if not bad:
-        return None
-    return (
-        f"{bad} of {int(known.sum())} rollouts carry a length penalty that max_tokens="
-        f"{max_tokens} does not give: the config and the environment's max_tokens disagree"
-    )
 
 
 def _orchestrator_rewards(options: Options, rows: list[dict[str, float]]) -> dict[int, float]:
@@ -138,33 +109,19 @@ def _orchestrator_rewards(options: Options, rows: list[dict[str, float]]) -> dic
     return dict(zip(steps, rewards, strict=True))
 
 
-def analyze(options: Options) -> Analysis:
+def analyze(generations: Sequence[str], shape: RunShape, options: Options) -> Analysis:
     """Read the logs and compute everything; raises ``AnalysisInputError`` on unusable input."""
     rollouts, read = read_rollouts(
-        options.generations,
+        generations,
         split=options.split,
         skip_bad_lines=options.skip_bad_lines,
         progress=options.progress,
     )
-    shape = RunShape(
-        batch_size=options.batch_size,
-        rollouts_per_example=options.rollouts_per_example,
-        max_tokens=options.max_tokens,
-        eval_size=options.eval_size,
-        eval_rollouts_per_example=options.eval_rollouts_per_example,
-        eval_interval=options.eval_interval,
-        eval_base_model=options.eval_base_model,
-        max_steps=options.max_steps,
-    )
     rollouts, attribution = attribute(
-        rollouts,
-        split=options.split,
-        shape=shape,
-        allow_partial=options.allow_partial_step,
-        max_steps_source=options.max_steps_source,
+        rollouts, split=options.split, shape=shape, allow_partial=options.allow_partial_step
     )
     if not len(rollouts):
-        raise AnalysisInputError(f"no rollouts in the first {options.max_steps} steps")
+        raise AnalysisInputError(f"no rollouts in the first {shape.max_steps} steps")
     rows = step_rows(rollouts)
     orchestrator = None
     if options.orchestrator_log:
@@ -184,6 +141,7 @@ def analyze(options: Options) -> Analysis:
         )
     result = Analysis(
         options=options,
+        shape=shape,
         rollouts=rollouts,
         read=read,
         attribution=attribution,
@@ -191,17 +149,14 @@ def analyze(options: Options) -> Analysis:
         first_last=first_last,
         bootstrap_unit=unit,
         orchestrator=orchestrator,
-        purity=group_purity(rollouts, options.rollouts_per_example),
+        purity=group_purity(rollouts, shape.rollouts_per_example),
     )
     if attribution.surplus_note:
         result.warnings.append(attribution.surplus_note)
-    mismatch = _check_length_penalty(rollouts, options.max_tokens)
-    if mismatch:
-        result.warnings.append(mismatch)
     if attribution.partial_step is not None:
         result.warnings.append(
             f"step {attribution.partial_step} is partial: {attribution.partial_count} of "
-            f"{options.batch_size} rollouts (the run stopped mid-step); flagged in the CSV"
+            f"{shape.batch_size} rollouts (the run stopped mid-step); flagged in the CSV"
         )
     if read.torn_lines:
         result.warnings.append(f"torn last line(s) skipped: {', '.join(read.torn_lines)}")
@@ -261,26 +216,14 @@ def write_rollouts_csv(rollouts: Rollouts, path: Path) -> None:
     Plus step, length, length_penalty, the question id (empty without identity), correctness and
     confidence. Values that do not exist (P(YES) of an unparseable rollout) are left empty.
     """
-    header = [
-        "index",
-        "step",
-        "reward",
-        "brier_score",
-        "p_yes",
-        "ground_truth",
-        "parseable",
-        "length",
-        "length_penalty",
-        "question_id",
-        "correct",
-        "confidence",
-    ]
+    header = "index,step,reward,brier_score,p_yes,ground_truth,parseable,length,length_penalty,"
+    header += "question_id,correct,confidence"
     ok = rollouts.parseable
     columns = [
         _texts(rollouts.index),
         _texts(rollouts.step),
         _texts(rollouts.reward),
-        _texts((rollouts.p_yes - rollouts.y) ** 2, ok),
+        _texts(rollouts.brier, ok),
         _texts(rollouts.p_yes, ok),
         ["True" if v else "False" for v in rollouts.y.tolist()],
         _texts(ok.astype(np.int64)),
@@ -294,17 +237,13 @@ def write_rollouts_csv(rollouts: Rollouts, path: Path) -> None:
     # numbers, True/False and "" hold no comma, quote or newline. Joined here: 3x faster.
     lines = map(",".join, zip(*columns, strict=True))
     with open(path, "w", newline="") as f:
-        f.write(",".join(header) + "\r\n")
+        f.write(header + "\r\n")
         if len(rollouts):
             f.write("\r\n".join(lines) + "\r\n")
 
 
 def _fmt(value: float, digits: int = 3) -> str:
-    return (
-        "n/a"
-        if value is None or (isinstance(value, float) and math.isnan(value))
-        else (f"{value:.{digits}f}")
-    )
+    return "n/a" if math.isnan(value) else f"{value:.{digits}f}"
 
 
 def _first_last_table(result: Analysis) -> list[str]:
@@ -332,7 +271,7 @@ def _cross_check(result: Analysis) -> list[str]:
         wrong, total = result.purity
         lines.append(
             f"- Question groups: {wrong} of {total} (step, question) groups do not hold exactly "
-            f"{result.options.rollouts_per_example} rollouts"
+            f"{result.shape.rollouts_per_example} rollouts"
             + (" (clean attribution)." if wrong == 0 else ": rollouts crossed a step boundary.")
         )
     if result.orchestrator:
@@ -508,32 +447,36 @@ def write_plots(result: Analysis, out: Path) -> None:
         for name, part in groups
     ]
     plots.reliability_grid(
-        rollout_panels, out / "calibration_curves.png", "Reliability of stated P(YES), per rollout"
+        [rollout_panels],
+        out / "calibration_curves.png",
+        "Reliability of stated P(YES), per rollout",
+        [("stated P(YES) (10 integer-percent bins)", "observed fraction of true answers")],
     )
     if result.rollouts.has_identity:
         ens_panels = []
         for name, part in groups:
             p, y, _, empty = ensemble(part)
-            ens_panels.append(plots.Panel(name + " (questions)", p, y, p.size + empty))
+            why = "no question has a parseable rollout"
+            ens_panels.append(plots.Panel(name + " (questions)", p, y, p.size + empty, why))
         plots.reliability_grid(
-            ens_panels,
+            [ens_panels],
             out / "calibration_curves_ensemble.png",
             "Self-ensemble: mean P(YES) over a question's rollouts within a step",
-            xlabel="mean P(YES) of the question's parseable rollouts",
+            [("mean P(YES) of the question's parseable rollouts", "fraction of true answers")],
         )
     else:
         plots.message_figure(
             out / "calibration_curves_ensemble.png",
             "Self-ensemble not available",
-            "This input carries no question identity (the original per-rollout CSV):\n"
-            "rollouts of one question cannot be grouped, and adjacent lines are not a question.",
+            "this input carries no question identity (the original per-rollout CSV):\n"
+            "rollouts of one question cannot be grouped, and adjacent lines are not a question",
         )
     plots.pyes_histograms(rollout_panels, out / "pyes_histograms.png")
     plots.metric_curves(
         result.rows,
         out / "brier_over_time.png",
         orchestrator=result.orchestrator,
-        max_tokens=result.options.max_tokens,
+        max_tokens=max(result.read.max_tokens) if len(result.read.max_tokens) == 1 else None,
         x_label="eval step" if result.options.split == "eval" else "training step",
     )
 

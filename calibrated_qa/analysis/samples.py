@@ -14,13 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from calibrated_qa.analysis.readers import (
-    AnalysisInputError,
-    ReadReport,
-    Rollouts,
-    question_from_prompt,
-    read_lines,
-)
+from calibrated_qa.analysis.readers import AnalysisInputError, ReadReport, Rollouts, read_lines
 
 STRATA = (
     "correct, confident",
@@ -74,13 +68,6 @@ def choose(
     return chosen
 
 
-def _text_fields(record: dict) -> tuple[str, str]:
-    if "completion" in record:
-        return str(record.get("question", "")), str(record["completion"])
-    question = question_from_prompt(str(record.get("full_prompt", ""))) or "(unknown)"
-    return question, str(record.get("full_completion", ""))
-
-
 def render(
     rollouts: Rollouts, read: ReadReport, samples: Sequence[Sample], *, threshold: float
 ) -> str:
@@ -105,7 +92,7 @@ def render(
             n_step = int(np.sum(rollouts.step == s.step))
             lines += ["", f"## Step {s.step} ({n_step} rollouts)", ""]
         record = records[int(rollouts.file[s.row])][int(rollouts.line[s.row])]
-        question, completion = _text_fields(record)
+        question, completion = record["question"], record["completion"]
         ok = bool(rollouts.parseable[s.row])
         truth = "yes" if rollouts.y[s.row] else "no"
         stated = (

@@ -41,8 +41,15 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from calibrated_qa.analysis.metrics import question_groups
 from calibrated_qa.analysis.readers import AnalysisInputError, Rollouts
-from calibrated_qa.run_config import RunConfig, RunConfigError, parse_run_config, read_run_config
+from calibrated_qa.run_config import (
+    RunConfig,
+    RunConfigError,
+    eval_checkpoints,
+    parse_run_config,
+    read_run_config,
+)
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 # prime-rl 6cae5cc, orchestrator.py: "Step {n} | Time: {t:.2f}s | Reward: {r:.4f} |..."
@@ -57,12 +64,12 @@ class RunShape:
 
     batch_size: int | None = None  # rollouts per training step
     rollouts_per_example: int | None = None
-    max_tokens: int | None = None
     eval_size: int | None = None  # records per eval round = num_examples x rollouts_per_example
     eval_rollouts_per_example: int | None = None
     eval_interval: int | None = None  # None iff no [orchestrator.eval] (else default 100)
     eval_base_model: bool = True
     max_steps: int | None = None  # training steps of the run (top-level max_steps)
+    max_steps_source: str = "--max-steps"  # where max_steps came from, for the report
 
     @property
     def has_eval(self) -> bool:
@@ -94,9 +101,9 @@ def _shape(config: RunConfig) -> RunShape:
     schedule = config.eval
     return RunShape(
         max_steps=config.max_steps,
+        max_steps_source=f"the config's top-level max_steps ({config.path})",
         batch_size=config.batch_size,
         rollouts_per_example=config.rollouts_per_example,
-        max_tokens=config.max_tokens,
         eval_size=schedule.round_size if schedule else None,
         eval_rollouts_per_example=schedule.rollouts_per_example if schedule else None,
         eval_interval=schedule.interval if schedule else None,
@@ -117,6 +124,11 @@ class Attribution:
     final_step: int | None = None  # eval: the step label of the final round, when identified
 
 
+def has_own_steps(rollouts: Rollouts) -> bool:
+    """The records carry their own step (converted from the original CSV): it is used as is."""
+    return bool(len(rollouts)) and bool(np.all(rollouts.step >= 0))
+
+
 def truncate_to_max_steps(
     rollouts: Rollouts, batch_size: int | None, max_steps: int | None, source: str
 ) -> tuple[Rollouts, int, str | None]:
@@ -127,7 +139,7 @@ def truncate_to_max_steps(
     """
     if max_steps is None:
         return rollouts, 0, None
-    if rollouts.fmt == "original-csv":
+    if has_own_steps(rollouts):
         keep = rollouts.step < max_steps
         surplus = int(np.sum(~keep))
         kept = rollouts.subset(keep) if surplus else rollouts
@@ -147,7 +159,7 @@ def truncate_to_max_steps(
         "to max_inflight_rollouts, = batch_size by default, in flight; those finishing during "
         "the final eval are logged too): they belong to no trained step"
     )
-    if batch_size is not None and surplus > batch_size and rollouts.fmt != "original-csv":
+    if batch_size is not None and surplus > batch_size and not has_own_steps(rollouts):
         note += f"; more than one batch ({batch_size}): check max_steps and the batch size"
     return kept, surplus, note
 
@@ -161,7 +173,7 @@ def attribute_steps(
     run that stopped mid-step; it is an error unless ``allow_partial`` (then the last step is
     flagged partial). Records past ``max_steps`` must be cut first (``truncate_to_max_steps``).
     """
-    if rollouts.fmt == "original-csv":
+    if has_own_steps(rollouts):
         steps, counts = np.unique(rollouts.step, return_counts=True)
         if batch_size is not None:
             wrong = [int(s) for s, c in zip(steps, counts, strict=True) if c != batch_size]
@@ -188,22 +200,6 @@ def attribute_steps(
     rollouts.step[:] = rollouts.index // batch_size
     method = f"index // {batch_size} (records in log order; approximate, workers interleave)"
     return Attribution(method, full if rest else None, rest)
-
-
-def eval_checkpoints(
-    interval: int, *, base_model: bool = True, max_steps: int | None = None, rounds: int
-) -> tuple[list[int], int | None]:
-    """Checkpoint labels of the online eval rounds in log order, and the final round's label.
-
-    Without ``max_steps`` the first ``rounds`` online labels (0, interval, ...) and no final.
-    With it, the online rounds prime-rl runs (checkpoints ``<= max_steps - 2``) and the final
-    one (``max_steps - 1``).
-    """
-    first = 0 if base_model else 1
-    if max_steps is None:
-        return [(first + k) * interval for k in range(rounds)], None
-    online = [c for c in range(0, max_steps - 1, interval) if c > 0 or base_model]
-    return online, max_steps - 1
 
 
 def attribute_eval_rounds(
@@ -260,20 +256,24 @@ def attribute_eval_rounds(
     return Attribution(method, round_names=names, final_step=final_step)
 
 
+def _log_text(source: Path) -> str:
+    try:
+        return _ANSI.sub("", source.read_text(encoding="utf-8", errors="replace"))
+    except FileNotFoundError as exc:
+        raise AnalysisInputError(f"{source}: no such orchestrator log") from exc
+
+
 def read_orchestrator_rewards(path: str | os.PathLike[str]) -> dict[int, float]:
     """Per-step mean reward from prime-rl's orchestrator stdout or the reference run's TSV."""
     source = Path(path)
-    try:
-        text = source.read_text(encoding="utf-8", errors="replace")
-    except FileNotFoundError as exc:
-        raise AnalysisInputError(f"{source}: no such orchestrator log") from exc
+    text = _log_text(source)
     first = text.split("\n", 1)[0]
     rewards: dict[int, float] = {}
     if "\t" in first and {"step", "reward"} <= set(first.strip().split("\t")):
         for row in csv.DictReader(text.splitlines(), delimiter="\t"):
             rewards[int(row["step"])] = float(row["reward"])
     else:
-        for match in _STEP_LINE.finditer(_ANSI.sub("", text)):
+        for match in _STEP_LINE.finditer(text):
             rewards[int(match.group(1))] = float(match.group(2))  # a resumed run repeats: last wins
     if not rewards:
         raise AnalysisInputError(
@@ -289,11 +289,7 @@ def read_orchestrator_eval_rewards(path: str | os.PathLike[str]) -> list[float]:
     One eval environment only (this project's); a log with several names is refused.
     """
     source = Path(path)
-    try:
-        text = source.read_text(encoding="utf-8", errors="replace")
-    except FileNotFoundError as exc:
-        raise AnalysisInputError(f"{source}: no such orchestrator log") from exc
-    found = [(m.group(1), float(m.group(2))) for m in _EVAL_LINE.finditer(_ANSI.sub("", text))]
+    found = [(m.group(1), float(m.group(2))) for m in _EVAL_LINE.finditer(_log_text(source))]
     names = sorted({name for name, _ in found})
     if len(names) > 1:
         raise AnalysisInputError(
@@ -314,7 +310,6 @@ def attribute(
     split: str,
     shape: RunShape,
     allow_partial: bool = False,
-    max_steps_source: str = "the config",
 ) -> tuple[Rollouts, Attribution]:
     """Steps (train) or eval rounds (eval) for every rollout: the one path both CLIs take.
 
@@ -322,7 +317,7 @@ def attribute(
     ``attribute_steps``. Eval (not the CSV, which has its own step column):
     ``attribute_eval_rounds``.
     """
-    if split == "eval" and rollouts.fmt != "original-csv":
+    if split == "eval" and not has_own_steps(rollouts):
         attribution = attribute_eval_rounds(
             rollouts,
             shape.eval_size,
@@ -333,7 +328,7 @@ def attribute(
         )
         return rollouts, attribution
     kept, surplus, note = truncate_to_max_steps(
-        rollouts, shape.batch_size, shape.max_steps, max_steps_source
+        rollouts, shape.batch_size, shape.max_steps, shape.max_steps_source
     )
     attribution = attribute_steps(kept, shape.batch_size, allow_partial=allow_partial)
     if surplus:
@@ -343,10 +338,9 @@ def attribute(
 
 def group_purity(rollouts: Rollouts, rollouts_per_example: int | None) -> tuple[int, int] | None:
     """(groups of the wrong size, all groups) over (step, question); None without identity."""
-    if rollouts_per_example is None or not rollouts.has_identity or not len(rollouts):
+    if rollouts_per_example is None or not rollouts.has_identity:
         return None
-    keys = rollouts.step * (int(rollouts.question.max()) + 1) + rollouts.question
-    _, counts = np.unique(keys, return_counts=True)
+    counts = np.bincount(question_groups(rollouts)[0])
     return int(np.sum(counts != rollouts_per_example)), int(counts.size)
 
 

@@ -1,0 +1,75 @@
+"""The figures a reader trusts at a glance (issue 13): checked on the drawn matplotlib objects."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from calibrated_qa.analysis import plots
+from calibrated_qa.analysis.metrics import step_rows
+from calibrated_qa.analysis.readers import read_rollouts
+from calibrated_qa.analysis.steps import attribute_steps
+from tests.fixtures.analysis.build import Rollout, run, write_project
+
+
+@pytest.fixture
+def figures(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """The figures the plot functions save, drawn but kept open for inspection."""
+    kept: list[Any] = []
+
+    def keep(fig: Any, path: Any, dpi: int = 100) -> None:
+        fig.canvas.draw()
+        kept.append(fig)
+
+    monkeypatch.setattr(plots, "_save", keep)
+    return kept
+
+
+def texts(fig: Any) -> list[str]:
+    return [t.get_text() for t in fig.findobj(lambda a: hasattr(a, "get_text"))]
+
+
+def test_one_step_run_of_unparseable_rollouts(tmp_path: Path, figures: list[Any]) -> None:
+    rollouts = [Rollout(q, f"q{q}", True, None, words=30) for q in range(4) for _ in range(2)]
+    r, _ = read_rollouts([write_project(tmp_path / "g.jsonl", rollouts)], progress=False)
+    attribute_steps(r, 8)
+    plots.metric_curves(step_rows(r), tmp_path / "m.png", max_tokens=512)
+    fig = figures[-1]
+    for ax in fig.axes:
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert all(float(t).is_integer() for t in ticks), ticks  # no fractional steps
+    empty = [ax for ax in fig.axes if any("no data: " in t.get_text() for t in ax.texts)]
+    assert len(empty) == 3  # Brier, ECE, AUROC: nothing parseable
+    assert all(ax.get_legend() is None for ax in empty)
+    panel = plots.Panel("step 0", np.array([]), np.array([], bool), 8)
+    plots.reliability_grid([[panel]], tmp_path / "r.png", "A long title " * 12, [("x", "y")])
+    plots.pyes_histograms([panel], tmp_path / "h.png")
+    for fig in figures[-2:]:
+        words = " ".join(texts(fig))
+        assert "no data: no parseable rollouts" in words and "nan" not in words
+        assert all(ax.get_legend() is None for ax in fig.axes)
+    title = figures[-2]._suptitle
+    box = title.get_window_extent()
+    width = figures[-2].bbox.width
+    assert box.x0 >= 0 and box.x1 <= width  # the wrapped title is not clipped
+
+
+def test_histogram_counts_start_at_zero_and_equal_values_stay_visible(
+    tmp_path: Path, figures: list[Any]
+) -> None:
+    p = np.array([0.2, 0.2, 0.8, 0.9])
+    plots.pyes_histograms([plots.Panel("step 0", p, p > 0.5, 4)], tmp_path / "h.png")
+    assert figures[-1].axes[0].get_ylim()[0] == 0
+    r, _ = read_rollouts([write_project(tmp_path / "g.jsonl", run(n_steps=2))], progress=False)
+    attribute_steps(r, 16)
+    rows = step_rows(r)
+    for row in rows:
+        row["parse_rate"] = row["accuracy"]  # equal values must not hide each other
+    plots.metric_curves(rows, tmp_path / "m.png")
+    rates = figures[-1].axes[3].get_lines()
+    accuracy, parse_rate = rates[0], rates[1]
+    assert accuracy.get_marker() != parse_rate.get_marker()
+    assert list(accuracy.get_xdata()) != list(parse_rate.get_xdata())  # offset
