@@ -88,6 +88,10 @@ def test_the_launch_scripts_install_keeps_the_pinned_verifiers(prime_like_venv: 
     )
     assert installed_version(prime_like_venv, "verifiers") == PINNED
     assert_environment_loads(prime_like_venv)
+    # The environment only: the analysis (numpy, matplotlib) never enters prime-rl's venv.
+    site = next(prime_like_venv.parent.parent.glob("lib/python3*/site-packages"))
+    shipped = sorted(p.name for p in (site / "calibrated_qa").iterdir() if p.name != "__pycache__")
+    assert "analysis" not in shipped and "reward.py" in shipped, shipped
 
 
 def test_a_plain_install_with_dependencies_keeps_it_too(prime_like_venv: Path) -> None:

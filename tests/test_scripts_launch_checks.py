@@ -38,16 +38,12 @@ def site(tmp_path: Path) -> Path:
     site.mkdir()
     pkg = site / "calibrated_qa"
     pkg.mkdir()
-    for rel in ["*.py", "analysis/*.py"]:
-        for f in SOURCE.glob(rel):
-            target = pkg / f.relative_to(SOURCE)
-            target.parent.mkdir(exist_ok=True)
-            target.write_bytes(f.read_bytes())
+    for f in SOURCE.glob("*.py"):  # the wheel holds the environment only, not analysis/
+        (pkg / f.name).write_bytes(f.read_bytes())
     reqs = (
         "datasets>=3.0",
         "verifiers<0.2,>=0.1.12.dev1; extra == 'classic'",
         "verifiers<0.5,>=0.3.1.dev62; extra == 'v1'",
-        "numpy>=1.26; extra == 'analysis'",
     )
     dist_info(site, "calibrated-qa", VERSION, reqs)
     dist_info(site, "verifiers", "0.1.12.dev1")
