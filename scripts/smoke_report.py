@@ -41,7 +41,7 @@ def smoke_report(config_path: str, output_dir: str, results_dir: str) -> str:
     lines += [f"  step {s}: {t:.1f} s" for s, t in sorted(times.items())] or ["  none found"]
 
     lines.append("Measured sizes (the disk formula's inputs, scripts/disk_need.py):")
-    for what in ("trainer checkpoints", "weights", "broadcasts"):
+    for what in ("trainer checkpoints", "weights", "broadcasts", "orchestrator checkpoints"):
         for s in run_state.steps(out, what):
             path = out / run_state.STEP_DIRS[what] / f"step_{s}"
             lines.append(f"  {run_state.STEP_DIRS[what]}/step_{s}: {_size(path) / 1e9:.2f} GB")
