@@ -59,6 +59,18 @@ def eval_sampling_args(config: RunConfig) -> dict[str, Any]:
     return {**args, "extra_body": extra_body}
 
 
+def sent_fields(sampling_args: dict) -> dict:
+    """The JSON fields verifiers' token client sends for these args (``OpenAIChatCompletions
+    TokenClient.get_native_response``): max_tokens renamed, logprobs and return_token_ids forced,
+    extra_body merged, None dropped (so prime-rl's ``seed: None`` never reaches the server)."""
+    body = {k: v for k, v in sampling_args.items() if k != "extra_body"}
+    body |= sampling_args.get("extra_body", {})
+    if "max_tokens" in body:
+        body["max_completion_tokens"] = body.pop("max_tokens")
+    body |= {"logprobs": True, "return_token_ids": True}
+    return {k: v for k, v in body.items() if v is not None}
+
+
 @dataclass
 class EnvServer:
     """One env server process, its client and the pipe whose closing stops it."""
