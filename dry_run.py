@@ -135,7 +135,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{config.eval_env_workers}", flush=True)  # fmt: skip
         result = asyncio.run(orchestrate(config, url, str(built.link), str(out / "logs")))
     problems, figures = check(config, result, out)
+    analysis_start = time.perf_counter()
     analyse(config_path, out)
+    figures["build_seconds"] = round(built.seconds, 1)
+    figures["analysis_seconds"] = round(time.perf_counter() - analysis_start, 1)
     figures["wall_seconds"] = round(time.perf_counter() - started, 1)
     (out / "dry_run_report.json").write_text(json.dumps(figures, indent=2) + "\n")
     print(json.dumps(figures, indent=2))
