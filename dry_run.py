@@ -129,11 +129,11 @@ def main(argv: list[str] | None = None) -> int:
     os.environ[LOG_DIR_ENV_VAR] = str(out)  # run_training.sh: export CALIBRATED_QA_LOG_DIR
     started = time.perf_counter()
     built = build_model(cache)
-    print(f"run folder {out}\nmodel {built.link} ({built.num_parameters:,} parameters)", flush=True)
-    with running(built.link, out / "server_requests.jsonl", out / "server.log") as url:
+    print(f"run folder {out}\nmodel {built.path} ({built.num_parameters:,} parameters)", flush=True)
+    with running(built.path, out / "server_requests.jsonl", out / "server.log") as url:
         print(f"model server {url}; env servers: train {config.env_workers} workers, eval "
               f"{config.eval_env_workers}", flush=True)  # fmt: skip
-        result = asyncio.run(orchestrate(config, url, str(built.link), str(out / "logs")))
+        result = asyncio.run(orchestrate(config, url, str(built.path), str(out / "logs")))
     problems, figures = check(config, result, out)
     analysis_start = time.perf_counter()
     analyse(config_path, out)

@@ -32,8 +32,8 @@ TRAIN["max_completion_tokens"] = 48
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path, object]]:
     built = build_model(tmp_path_factory.mktemp("cache"))
     logs = tmp_path_factory.mktemp("server")
-    with running(built.link, logs / "requests.jsonl", logs / "server.log") as url:
-        yield url, logs / "requests.jsonl", AutoTokenizer.from_pretrained(built.link)
+    with running(built.path, logs / "requests.jsonl", logs / "server.log") as url:
+        yield url, logs / "requests.jsonl", AutoTokenizer.from_pretrained(built.path)
 
 
 def post(url: str, body: dict, path: str = "/v1/chat/completions") -> tuple[int, dict]:
