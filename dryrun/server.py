@@ -42,7 +42,7 @@ CHAT = "/v1/chat/completions"
 # get_eval_sampling_args, verifiers' token client) plus the rest of vLLM's common sampling fields.
 SAMPLING_FIELDS = {
     "max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k", "min_p", "seed",
-    "logprobs", "top_logprobs", "return_token_ids", "min_tokens", "repetition_penalty", "n",
+    "logprobs", "return_token_ids", "min_tokens", "repetition_penalty", "n",
     "stream",
 }  # fmt: skip
 FIELDS = {"model", "messages", *SAMPLING_FIELDS}
@@ -63,12 +63,7 @@ class Generator:
         self.torch = torch
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-        config = self.model.generation_config
-        self.stop_ids = (
-            set(config.eos_token_id)
-            if isinstance(config.eos_token_id, list)
-            else {config.eos_token_id}
-        )
+        self.stop_ids = set(self.model.generation_config.eos_token_id)  # <eos>, <end_of_turn>
         self.pad_id = self.tokenizer.pad_token_id
         self.max_batch = max_batch
         self.jobs: queue.Queue[tuple[tuple, list[int], Future]] = queue.Queue()
