@@ -47,13 +47,13 @@ def check(config: RunConfig, result: RunResult, out: Path) -> tuple[list[str], d
     problems: list[str] = []
     logs = {s: [validate_record(r, f"{out / n}:{i}") for i, r in enumerate(read_jsonl(out / n), 1)]
             for s, n in LOG_FILE_NAMES.items()}  # fmt: skip
-    chats = [r for r in read_jsonl(out / "server_requests.jsonl")]
+    requests = read_jsonl(out / "server_requests.jsonl")
     train_fields = sent_fields(train_args(config, config.temperature))
     eval_fields = sent_fields(eval_sampling_args(config))
     shapes = Counter(
         "train" if r.get("sampling") == train_fields else
         "eval" if r.get("sampling") == eval_fields else "other"
-        for r in chats
+        for r in requests
     )  # fmt: skip
     trained = config.batch_size * config.max_steps
     evaluated = sum(map(len, result.eval_rounds))
@@ -68,11 +68,11 @@ def check(config: RunConfig, result: RunResult, out: Path) -> tuple[list[str], d
         "eval_writer_pids": len({r["pid"] for r in logs["eval"]}),
         "env_workers": {"train": result.train_workers, "eval": result.eval_workers},
         "requests": dict(shapes),
-        "request_statuses": dict(Counter(r["status"] for r in chats)),
+        "request_statuses": dict(Counter(r["status"] for r in requests)),
         "orchestrator_seconds": round(result.seconds, 1),
     }
     unit = config.train_env().args.get("length_unit", "chars")
-    if any(r["path"] != "/v1/chat/completions" or r["status"] != 200 for r in chats):
+    if any(r["path"] != "/v1/chat/completions" or r["status"] != 200 for r in requests):
         problems.append(f"requests other than 200 chat completions: {figures['request_statuses']}")
     if shapes["other"]:
         problems.append(f"{shapes['other']} requests without prime-rl's sampling fields")
@@ -87,7 +87,8 @@ def check(config: RunConfig, result: RunResult, out: Path) -> tuple[list[str], d
             problems.append(f"{split} records written by fewer than 2 env-server workers")
         if any(r["length_unit"] != unit for r in records):
             problems.append(f"{split} records not in the config's length unit {unit!r}")
-    usage = Counter((r["content"], r["usage"]["completion_tokens"]) for r in chats if "usage" in r)
+    answered = [r for r in requests if "usage" in r]
+    usage = Counter((r["content"], r["usage"]["completion_tokens"]) for r in answered)
     records = logs["train"] + logs["eval"]
     if unmatched := Counter((r["completion"], r["completion_tokens"]) for r in records) - usage:
         problems.append(f"{unmatched.total()} records disagree with the server's usage")
@@ -97,11 +98,14 @@ def check(config: RunConfig, result: RunResult, out: Path) -> tuple[list[str], d
 
 
 def analyse(config_path: Path, out: Path) -> None:
-    """The analysis CLI in this process: training log, eval log, base vs trained."""
-    from analyze_calibration import main as analysis
+    """The analysis CLI in this process (its flags only): training log, eval log, base vs
+    trained. The entry is ``calibrated_qa.analysis.cli.main`` where the analysis defines it there,
+    else the ``main`` that ``analyze_calibration.py`` runs."""
+    from calibrated_qa.analysis import cli
 
+    analysis = getattr(cli, "main", None) or __import__("analyze_calibration").main
     train, evals = str(out / LOG_FILE_NAMES["train"]), str(out / LOG_FILE_NAMES["eval"])
-    common = ["--config", str(config_path), "--quiet"]
+    common = ["--config", str(config_path)]
     for argv in (
         ["--generations", train, "--out", str(out / "analysis" / "train")],
         ["--generations", evals, "--split", "eval", "--out", str(out / "analysis" / "eval")],
