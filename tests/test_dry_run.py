@@ -98,13 +98,16 @@ def mid_run(built: BuiltModel, tmp_path: Path) -> Iterator[tuple[subprocess.Pope
             assert cli.poll() is None and time.monotonic() < deadline, "no request was sent"
             time.sleep(0.2)
         children = descendants(cli.pid)
-        kinds = " ".join(" ".join(c.cmdline()) for c in children)
-        assert "dryrun.server" in kinds and kinds.count("multiprocessing") >= 6  # 2 + 2 x 2
+        lines = [" ".join(c.cmdline()) for c in children]
+        assert sum("dryrun.server" in line for line in lines) == 1
+        assert sum("spawn_main" in line for line in lines) >= 6  # 2 env servers, 2 x 2 workers
         yield cli, children
     finally:
         if cli.poll() is None:
             os.killpg(cli.pid, signal.SIGKILL)
             cli.wait()
+        for process in alive(locals().get("children", [])):  # a failed test leaves none either
+            process.kill()
 
 
 @pytest.mark.timeout(300)
