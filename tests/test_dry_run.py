@@ -92,6 +92,7 @@ def mid_run(built: BuiltModel, tmp_path: Path) -> Iterator[tuple[subprocess.Pope
     """A dry run stopped while its rollouts are under way: (process, its descendants then)."""
     cli = subprocess.Popen(command(tmp_path, built), cwd=tmp_path, stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    children: list[psutil.Process] = []
     try:
         deadline = time.monotonic() + 180
         while not list(tmp_path.glob("run-*/server_requests.jsonl")):  # rollouts under way
@@ -106,7 +107,7 @@ def mid_run(built: BuiltModel, tmp_path: Path) -> Iterator[tuple[subprocess.Pope
         if cli.poll() is None:
             os.killpg(cli.pid, signal.SIGKILL)
             cli.wait()
-        for process in alive(locals().get("children", [])):  # a failed test leaves none either
+        for process in alive(children):  # a failed test leaves none either
             process.kill()
 
 
