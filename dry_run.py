@@ -66,7 +66,7 @@ def check(config: RunConfig, result: RunResult, out: Path) -> tuple[list[str], d
         "eval_records": len(logs["eval"]),
         "train_writer_pids": len({r["pid"] for r in logs["train"]}),
         "eval_writer_pids": len({r["pid"] for r in logs["eval"]}),
-        "env_workers": {"train": result.train_workers, "eval": result.eval_workers},
+        "env_workers": {"train": config.env_workers, "eval": config.eval_env_workers},
         "requests": dict(shapes),
         "request_statuses": dict(Counter(r["status"] for r in requests)),
         "orchestrator_seconds": round(result.seconds, 1),

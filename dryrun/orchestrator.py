@@ -235,8 +235,6 @@ class RunResult:
     started: int
     errored: int
     cancelled: int
-    train_workers: int
-    eval_workers: int
     seconds: float
 
 
@@ -288,8 +286,7 @@ async def orchestrate(config: RunConfig, base_url: str, model: str, log_root: st
         eval_rounds.append(await evaluate(eval_env, client, model, eval_args, *rounds))
         await scheduler.stop()
         return RunResult(batches, eval_rounds, scheduler.started, scheduler.errored,
-                         scheduler.cancelled, config.env_workers, config.eval_env_workers,
-                         time.perf_counter() - start)  # fmt: skip
+                         scheduler.cancelled, time.perf_counter() - start)  # fmt: skip
     finally:
         for server in servers:
             if not isinstance(server, BaseException):
