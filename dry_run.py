@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parent
 sys.path.insert(0, str(REPO))  # analyze_calibration, dryrun: also when run from elsewhere
 
 from calibrated_qa.records import LOG_DIR_ENV_VAR, LOG_FILE_NAMES, validate_record  # noqa: E402
-from calibrated_qa.run_config import RunConfig, read_run_config  # noqa: E402
+from calibrated_qa.run_config import RunConfig, RunConfigError, read_run_config  # noqa: E402
 from dryrun.build import build_model  # noqa: E402
 from dryrun.orchestrator import RunResult, eval_sampling_args, orchestrate, sent_fields  # noqa: E402
 from dryrun.orchestrator import train_sampling_args as train_args  # noqa: E402
@@ -92,8 +92,6 @@ def check(config: RunConfig, result: RunResult, out: Path) -> tuple[list[str], d
     records = logs["train"] + logs["eval"]
     if unmatched := Counter((r["completion"], r["completion_tokens"]) for r in records) - usage:
         problems.append(f"{unmatched.total()} records disagree with the server's usage")
-    if result.errored:
-        problems.append(f"{result.errored} rollouts failed")
     return problems, figures
 
 
@@ -117,6 +115,19 @@ def analyse(config_path: Path, out: Path) -> None:
             raise RuntimeError(f"the analysis exited with {code}")
 
 
+def read_config(path: Path) -> RunConfig:
+    """The run config, with what the dry run needs of it (a clear error naming the file)."""
+    config = read_run_config(path)
+    needed = ("max_steps", "seq_len", "batch_size", "rollouts_per_example", "max_tokens")
+    if missing := [key for key in needed if getattr(config, key) is None]:
+        raise RunConfigError(f"{path}: the dry run needs {missing} set")
+    config.train_env()  # exactly one calibrated-qa training env
+    if not (config.eval and config.eval.round_size and len(config.eval.envs) == 1):
+        raise RunConfigError(f"{path}: the dry run needs [orchestrator.eval] with "
+                             "num_examples > 0 and one [[orchestrator.eval.env]]")  # fmt: skip
+    return config
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", type=Path, default=REPO / "configs" / "dry_run.toml")
@@ -124,12 +135,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir", type=Path, default=REPO / ".cache" / "dryrun")
     args = parser.parse_args(argv)
     config_path, cache = args.config.absolute(), args.cache_dir.absolute()
+    config = read_config(config_path)
     out = args.out.absolute() / time.strftime("run-%Y%m%d-%H%M%S", time.gmtime())
     out.mkdir(parents=True)  # a new folder each run: a previous run's logs are never touched
     os.chdir(REPO)  # the config's dataset path is relative to the repository, as in training
     # SIGTERM -> SystemExit, so that every finally block (servers, env servers) runs.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    config = read_run_config(config_path)
     os.environ[LOG_DIR_ENV_VAR] = str(out)  # run_training.sh: export CALIBRATED_QA_LOG_DIR
     started = time.perf_counter()
     built = build_model(cache)
@@ -154,4 +165,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except (RunConfigError, RuntimeError) as exc:
+        print(f"dry run failed: {exc}", file=sys.stderr)
+        sys.exit(1)

@@ -152,7 +152,6 @@ class Scheduler:
     inflight: dict[asyncio.Task, int] = field(default_factory=dict)
     groups: dict[int, Group] = field(default_factory=dict)
     started: int = 0
-    errored: int = 0
     cancelled: int = 0
     next_group: int = 0
 
@@ -190,9 +189,8 @@ class Scheduler:
                 group = self.groups[group_id]
                 rollout = task.result()
                 if rollout["error"] is not None or not rollout["trajectory"]:
-                    self.errored += 1  # prime-rl re-schedules it
-                    group.to_schedule += 1
-                    continue
+                    # prime-rl re-schedules it; here an error is a finding, not something to retry
+                    raise RuntimeError(f"a rollout failed: {rollout['error']}")
                 group.completed.append(rollout)
                 if len(group.completed) == self.rollouts_per_example:
                     batch.extend(self.groups.pop(group_id).completed)
@@ -233,7 +231,6 @@ class RunResult:
     train_batches: list[list[dict]]
     eval_rounds: list[list[dict]]
     started: int
-    errored: int
     cancelled: int
     seconds: float
 
@@ -285,8 +282,8 @@ async def orchestrate(config: RunConfig, base_url: str, model: str, log_root: st
         # "Running final evals", then scheduler.stop(): refilled rollouts run on meanwhile.
         eval_rounds.append(await evaluate(eval_env, client, model, eval_args, *rounds))
         await scheduler.stop()
-        return RunResult(batches, eval_rounds, scheduler.started, scheduler.errored,
-                         scheduler.cancelled, time.perf_counter() - start)  # fmt: skip
+        return RunResult(batches, eval_rounds, scheduler.started, scheduler.cancelled,
+                         time.perf_counter() - start)  # fmt: skip
     finally:
         for server in servers:
             if not isinstance(server, BaseException):

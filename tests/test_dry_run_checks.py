@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import ast
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -134,7 +136,7 @@ def run(tmp_path: Path) -> tuple[Path, RunResult]:
     write(tmp_path, "generations.jsonl", train)
     write(tmp_path, "eval_generations.jsonl", evals)
     write(tmp_path, "server_requests.jsonl", requests)
-    result = RunResult([[{}] * 16] * 2, [[{}] * 8] * 2, 35, 0, 1, 1.0)
+    result = RunResult([[{}] * 16] * 2, [[{}] * 8] * 2, 35, 1, 1.0)
     return tmp_path, result
 
 
@@ -168,3 +170,15 @@ def test_one_writer_or_a_missing_record_fails(run: tuple[Path, RunResult]) -> No
     problems, _ = check(DRY, result, out)
     assert any("eval records written by fewer than 2" in p for p in problems)
     assert any("vs records" in p for p in problems)
+
+
+def test_a_config_the_dry_run_cannot_run_is_refused_by_name(tmp_path: Path) -> None:
+    config = tmp_path / "no_eval.toml"
+    text = (REPO / "configs" / "dry_run.toml").read_text()
+    config.write_text(text[: text.index("[orchestrator.eval]")])
+    command = [sys.executable, str(REPO / "dry_run.py"), "--config", str(config), "--out",
+               str(tmp_path / "out")]  # fmt: skip
+    run = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1
+    assert f"dry run failed: {config}: the dry run needs [orchestrator.eval]" in run.stderr
+    assert not (tmp_path / "out").exists()
