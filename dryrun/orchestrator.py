@@ -79,14 +79,18 @@ class EnvServer:
     client: ZMQEnvClient
     death_pipe: Connection
 
-    def stop(self) -> None:
-        """orchestrator.py's ``_cleanup_env_processes``: terminate, wait 5 s, kill."""
-        self.death_pipe.close()
-        self.process.terminate()
-        self.process.join(timeout=5)
-        if self.process.is_alive():
-            self.process.kill()
+    async def stop(self) -> None:
+        """Close the client (its health-check thread too), then orchestrator.py's
+        ``_cleanup_env_processes``: terminate, wait 5 s, kill."""
+        try:
+            await self.client.close()
+        finally:
+            self.death_pipe.close()
+            self.process.terminate()
             self.process.join(timeout=5)
+            if self.process.is_alive():
+                self.process.kill()
+                self.process.join(timeout=5)
 
 
 async def spawn_env_server(
@@ -119,7 +123,7 @@ async def spawn_env_server(
     try:
         await client.wait_for_server_startup()
     except BaseException:
-        server.stop()
+        await server.stop()
         raise
     return server
 
@@ -287,4 +291,4 @@ async def orchestrate(config: RunConfig, base_url: str, model: str, log_root: st
     finally:
         for server in servers:
             if not isinstance(server, BaseException):
-                server.stop()
+                await server.stop()

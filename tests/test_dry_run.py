@@ -63,7 +63,8 @@ def test_dry_run_end_to_end(built: BuiltModel, tmp_path: Path) -> None:
     train_fields = sent_fields(train_sampling_args(DRY, DRY.temperature))
     eval_fields = sent_fields(eval_sampling_args(DRY))
     assert all(r["status"] == 200 and r["roles"] == ["user"] for r in requests)
-    assert sum(r["sampling"] == train_fields for r in requests) == report["rollouts_started"]
+    sent = sum(r["sampling"] == train_fields for r in requests)  # a cancelled one may not have
+    assert len(train) <= sent <= report["rollouts_started"]
     assert sum(r["sampling"] == eval_fields for r in requests) == len(evals)
 
     # the analysis (in-process): training steps, eval rounds, base vs trained

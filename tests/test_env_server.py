@@ -163,7 +163,7 @@ def test_prime_rl_path_with_the_reference_worker_counts(
             return batches, evals, scheduler, trees
         finally:
             for s in servers:
-                s.stop()
+                await s.stop()
 
     with FakeOpenAIServer(long_script) as server:
         batches, evals, scheduler, trees = asyncio.run(main(server))
@@ -179,7 +179,8 @@ def test_prime_rl_path_with_the_reference_worker_counts(
     }
     shapes = Counter(names.get(json.dumps(f, sort_keys=True), repr(f)) for f in fields)
     assert set(shapes) == {"train", "eval"} and shapes["eval"] == N_EVAL * EVAL_ROLLOUTS
-    assert shapes["train"] == scheduler.started
+    # every rollout started sent its request, but one cancelled at stop before it did
+    assert scheduler.started - scheduler.cancelled <= shapes["train"] <= scheduler.started
     assert all([m["role"] for m in r["messages"]] == ["user"] for r in requests)
 
     train = read_log(log_dir / "generations.jsonl")
@@ -264,7 +265,7 @@ def test_a_cancelled_rollout_writes_no_record(
             batch = await scheduler.generate_batch()  # the same worker still logs what it scores
             return cancelled, len(batch)
         finally:
-            env_server.stop()
+            await env_server.stop()
 
     with GatedServer() as server:
         cancelled, batch = asyncio.run(main(server))
