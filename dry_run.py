@@ -24,15 +24,14 @@ import time
 from collections import Counter
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent
-sys.path.insert(0, str(REPO))  # analyze_calibration, dryrun: also when run from elsewhere
+from calibrated_qa.records import LOG_DIR_ENV_VAR, LOG_FILE_NAMES, validate_record
+from calibrated_qa.run_config import RunConfig, RunConfigError, read_run_config
+from dryrun.build import build_model
+from dryrun.orchestrator import RunResult, eval_sampling_args, orchestrate, sent_fields
+from dryrun.orchestrator import train_sampling_args as train_args
+from dryrun.server import running
 
-from calibrated_qa.records import LOG_DIR_ENV_VAR, LOG_FILE_NAMES, validate_record  # noqa: E402
-from calibrated_qa.run_config import RunConfig, RunConfigError, read_run_config  # noqa: E402
-from dryrun.build import build_model  # noqa: E402
-from dryrun.orchestrator import RunResult, eval_sampling_args, orchestrate, sent_fields  # noqa: E402
-from dryrun.orchestrator import train_sampling_args as train_args  # noqa: E402
-from dryrun.server import running  # noqa: E402
+REPO = Path(__file__).resolve().parent
 
 
 def read_jsonl(path: Path) -> list[dict]:
