@@ -1,280 +1,171 @@
 #!/usr/bin/env python
-"""The whole pipeline on a CPU, against a real model server: see docs/dry_run.md.
+"""The whole pipeline on a CPU, driven as prime-rl 6cae5cca drives it: see docs/dry_run.md.
 
-    uv run --all-extras python dry_run.py          # build, serve, 16 x 4 rollouts, analyse, report
-    uv run --all-extras python dry_run.py --serve  # build and serve only, e.g. for vf-eval
+    uv run --all-extras python dry_run.py [--config configs/dry_run.toml] [--out results/dry-run]
 
-Steps: (1) build (once; cached) a tiny random Gemma 2 with a tokenizer trained on the shipped BoolQ
-rows; (2) serve it with ``transformers serve`` on 127.0.0.1 behind a request-recording proxy;
-(3) run the calibrated-qa environment through verifiers' OpenAI chat-completions client, with
-``max_tokens`` and the environment's arguments from a prime-rl config; (4) check the wire and the
-log; (5) run ``analyze_calibration.py`` on the log; (6) print a report. The server is stopped
-whatever happens (success, error, Ctrl-C, SIGTERM). Exit code 0 only if every check held.
+(1) build (once; cached) a tiny random Gemma 2; (2) serve it with ``dryrun.server``, which speaks
+the part of vLLM's API prime-rl uses; (3) run the config's steps and eval rounds through verifiers'
+env servers with prime-rl's token client, sampling args and scheduling (``dryrun.orchestrator``),
+the generation log directory inherited through ``CALIBRATED_QA_LOG_DIR`` as run_training.sh sets
+it; (4) check the logs against what the server received; (5) analyse both logs and compare the
+base and "trained" eval rounds, in this process. Each run writes a new folder under ``--out``.
+Exit code 0 only if every check held; no process outlives the command.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
-import shlex
+import os
+import signal
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections import Counter
 from pathlib import Path
 
-from dryrun.build import DEFAULT_CACHE_DIR, DEFAULT_DATA_FILE, BuiltModel, build_model
-from dryrun.proxy import read_requests, recording_proxy
-from dryrun.run import (
-    API_KEY_VAR,
-    DEFAULT_CONFIG,
-    DEFAULT_DATASET,
-    DEFAULT_OUT,
-    REPO,
-    DryRunError,
-    Paths,
-    TrainingConfig,
-    check,
-    dry_run_env_args,
-    make_report,
-    prepare,
-    read_config,
-    read_log,
-    run_analysis,
-    run_rollouts,
-)
-from dryrun.server import Server, ServerError, serve, terminate_on_sigterm
+from calibrated_qa.records import LOG_DIR_ENV_VAR, LOG_FILE_NAMES, validate_record
+from calibrated_qa.run_config import RunConfig, RunConfigError, read_run_config
+from dryrun.build import build_model
+from dryrun.orchestrator import RunResult, eval_sampling_args, orchestrate, sent_fields
+from dryrun.orchestrator import train_sampling_args as train_args
+from dryrun.server import running
+
+REPO = Path(__file__).resolve().parent
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="Dry run of the calibrated-qa pipeline on a CPU: tiny random Gemma 2 served by "
-        "`transformers serve`, rollouts through verifiers, generation log, analysis, report.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument(
-        "--config",
-        type=Path,
-        default=DEFAULT_CONFIG,
-        help="prime-rl config: [orchestrator.sampling] max_tokens/temperature and "
-        "the args of the calibrated-qa [[orchestrator.env]]",
-    )
-    parser.add_argument("-n", "--num-examples", type=int, default=16, help="questions")
-    parser.add_argument(
-        "-r",
-        "--rollouts-per-example",
-        type=int,
-        default=4,
-        help="rollouts per question (one group each)",
-    )
-    parser.add_argument(
-        "-t",
-        "--max-tokens",
-        type=int,
-        default=None,
-        help="override the config's max_tokens, for the sampler and the environment together",
-    )
-    parser.add_argument(
-        "-c", "--max-concurrent", type=int, default=8, help="groups in flight at once (-1: all)"
-    )
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=DEFAULT_OUT,
-        help="analysis output folder; the run's own files go in OUT/logs/",
-    )
-    parser.add_argument(
-        "--dataset",
-        type=Path,
-        default=DEFAULT_DATASET,
-        help="local BoolQ folder (see calibrated_qa/data.py)",
-    )
-    parser.add_argument("--split", default="validation", help="split of --dataset to use")
-    parser.add_argument(
-        "--cache-dir",
-        type=Path,
-        default=DEFAULT_CACHE_DIR,
-        help="where the built model is cached (keyed on its recipe)",
-    )
-    parser.add_argument(
-        "--skip-analysis", action="store_true", help="do not run analyze_calibration.py"
-    )
-    parser.add_argument("--no-plots", action="store_true", help="pass --no-plots to the analysis")
-    parser.add_argument(
-        "--serve",
-        action="store_true",
-        help="only build and serve (until Ctrl-C), printing a vf-eval command",
-    )
-    parser.add_argument(
-        "--port",
-        type=int,
-        default=0,
-        help="port clients connect to (the recording proxy); 0: a free one",
-    )
-    args = parser.parse_args(argv)
-    if args.num_examples < 1 or args.rollouts_per_example < 1:
-        parser.error("--num-examples and --rollouts-per-example must be positive")
-    if args.max_tokens is not None and args.max_tokens < 1:
-        parser.error("--max-tokens must be positive")
-    return args
+def read_jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines]
 
 
-def show(path: Path) -> str:
-    """A path as the user would type it from the repository root."""
-    path = Path(path).absolute()
-    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
-
-
-def vf_eval_command(base_url: str, model: str, env_args: dict, max_tokens: int) -> str:
-    """The ``vf-eval`` command that runs the same evaluation against the running server.
-
-    vf-eval evaluates the environment's eval split, so its records go to ``eval_generations.jsonl``
-    beside the dry run's ``generations.jsonl``.
-    """
-    args = {
-        **env_args,
-        "dataset_name": show(env_args["dataset_name"]),
-        "log_dir": show(env_args["log_dir"]),
+def check(config: RunConfig, result: RunResult, out: Path) -> tuple[list[str], dict]:
+    """Every invariant of the run; returns (problems, figures)."""
+    problems: list[str] = []
+    logs = {s: [validate_record(r, f"{out / n}:{i}") for i, r in enumerate(read_jsonl(out / n), 1)]
+            for s, n in LOG_FILE_NAMES.items()}  # fmt: skip
+    requests = read_jsonl(out / "server_requests.jsonl")
+    train_fields = sent_fields(train_args(config, config.temperature))
+    eval_fields = sent_fields(eval_sampling_args(config))
+    shapes = Counter(
+        "train" if r.get("sampling") == train_fields else
+        "eval" if r.get("sampling") == eval_fields else "other"
+        for r in requests
+    )  # fmt: skip
+    trained = config.batch_size * config.max_steps
+    evaluated = sum(map(len, result.eval_rounds))
+    figures = {
+        "train_records": len(logs["train"]),
+        "trained_rollouts": trained,
+        "surplus_records": len(logs["train"]) - trained,
+        "rollouts_started": result.started,
+        "rollouts_cancelled_at_stop": result.cancelled,
+        "eval_records": len(logs["eval"]),
+        "train_writer_pids": len({r["pid"] for r in logs["train"]}),
+        "eval_writer_pids": len({r["pid"] for r in logs["eval"]}),
+        "env_workers": {"train": config.env_workers, "eval": config.eval_env_workers},
+        "requests": dict(shapes),
+        "request_statuses": dict(Counter(r["status"] for r in requests)),
+        "orchestrator_seconds": round(result.seconds, 1),
     }
-    return shlex.join([
-        "uv", "run", "--all-extras", "vf-eval", "calibrated-qa",
-        "-m", model, "-b", f"{base_url}/v1", "-k", API_KEY_VAR,
-        "-n", "4", "-r", "2", "-t", str(max_tokens), "-T", "1.0",
-        "-a", json.dumps(args),
-    ])  # fmt: skip
+    unit = config.train_env().args.get("length_unit", "chars")
+    if any(r["path"] != "/v1/chat/completions" or r["status"] != 200 for r in requests):
+        problems.append(f"requests other than 200 chat completions: {figures['request_statuses']}")
+    if shapes["other"]:
+        problems.append(f"{shapes['other']} requests without prime-rl's sampling fields")
+    # A rollout cancelled at stop writes no record unless its answer beat the cancel to the
+    # worker (tests/test_env_server.py): so at most every rollout started.
+    if not trained <= len(logs["train"]) <= result.started:
+        problems.append(f"{len(logs['train'])} train records: want {trained}..{result.started}")
+    if shapes["train"] < len(logs["train"]) or not shapes["eval"] == evaluated == len(logs["eval"]):
+        problems.append(f"requests {dict(shapes)} vs records {len(logs['train'])}/{evaluated}")
+    for split, records in logs.items():
+        if len({r["pid"] for r in records}) < 2:
+            problems.append(f"{split} records written by fewer than 2 env-server workers")
+        if any(r["length_unit"] != unit for r in records):
+            problems.append(f"{split} records not in the config's length unit {unit!r}")
+    answered = [r for r in requests if "usage" in r]
+    usage = Counter((r["content"], r["usage"]["completion_tokens"]) for r in answered)
+    records = logs["train"] + logs["eval"]
+    if unmatched := Counter((r["completion"], r["completion_tokens"]) for r in records) - usage:
+        problems.append(f"{unmatched.total()} records disagree with the server's usage")
+    return problems, figures
 
 
-def build(args: argparse.Namespace) -> BuiltModel:
-    built = build_model(args.cache_dir, DEFAULT_DATA_FILE)
-    print(
-        f"model {show(built.path)}: {built.num_parameters:,} parameters, "
-        f"{'built' if built.built else 'reused'} in {built.seconds:.1f} s",
-        flush=True,
-    )
-    return built
+def analyse(config_path: Path, out: Path) -> None:
+    """The analysis CLI in this process (its flags only): training log, eval log, base vs
+    trained. The entry is ``calibrated_qa.analysis.cli.main`` where the analysis defines it there,
+    else the ``main`` that ``analyze_calibration.py`` runs."""
+    from calibrated_qa.analysis import cli
+
+    analysis = getattr(cli, "main", None) or __import__("analyze_calibration").main
+    train, evals = str(out / LOG_FILE_NAMES["train"]), str(out / LOG_FILE_NAMES["eval"])
+    common = ["--config", str(config_path)]
+    for argv in (
+        ["--generations", train, "--out", str(out / "analysis" / "train")],
+        ["--generations", evals, "--split", "eval", "--out", str(out / "analysis" / "eval")],
+        ["--split", "eval", "--compare", f"base={evals}@0", f"trained={evals}@final",
+         "--out", str(out / "analysis" / "compare")],
+    ):  # fmt: skip
+        print("$ python analyze_calibration.py " + " ".join(argv + common), flush=True)
+        if (code := analysis(argv + common)) != 0:
+            raise RuntimeError(f"the analysis exited with {code}")
 
 
-@contextmanager
-def served(built: BuiltModel, paths: Paths, port: int) -> Iterator[tuple[Server, str, float]]:
-    """The model server behind the recording proxy: (server, URL clients use, startup seconds)."""
-    print("starting transformers serve ...", flush=True)
-    start = time.perf_counter()
-    try:
-        with serve(built.link, paths.server_log) as server, \
-                recording_proxy(server.port, paths.requests, port=port) as proxy:  # fmt: skip
-            startup = time.perf_counter() - start
-            print(
-                f"server ready in {startup:.1f} s: {proxy.url}/v1, model {server.model}, "
-                f"requests recorded in {show(paths.requests)}",
-                flush=True,
-            )
-            yield server, proxy.url, startup
-    finally:
-        print("server stopped", flush=True)
-
-
-def serve_only(args: argparse.Namespace, paths: Paths, env_args: dict, max_tokens: int) -> int:
-    """Build and serve until Ctrl-C (or SIGTERM), printing the vf-eval command to run meanwhile.
-
-    Nothing is deleted: vf-eval appends to ``eval_generations.jsonl``, the dry run's
-    ``generations.jsonl`` is left alone, and ``server_requests.jsonl`` keeps growing.
-    """
-    paths.logs.mkdir(parents=True, exist_ok=True)
-    built = build(args)
-    with served(built, paths, args.port) as (server, url, _):
-        print(
-            "run the same evaluation with vf-eval, from the repository root:\n  "
-            + vf_eval_command(url, server.model, env_args, max_tokens)
-            + "\nCtrl-C to stop.",
-            flush=True,
-        )
-        while True:
-            time.sleep(3600)
-
-
-def dry_run(
-    args: argparse.Namespace, config: TrainingConfig, paths: Paths, env_args: dict, max_tokens: int
-) -> int:
-    """Steps 1-6 of the module docstring; returns the exit code."""
-    started = time.time()
-    paths.fresh()
-    env, inputs = prepare(env_args, args.num_examples, args.rollouts_per_example)
-    built = build(args)
-    with served(built, paths, args.port) as (server, url, startup):
-        seconds = run_rollouts(
-            env,
-            inputs,
-            base_url=url,
-            model=server.model,
-            max_tokens=max_tokens,
-            temperature=config.temperature,
-            max_concurrent=args.max_concurrent,
-        )
-
-    expected = args.num_examples * args.rollouts_per_example
-    records = read_log(paths.generations)
-    checks = check(records, read_requests(paths.requests), expected)
-    if not args.skip_analysis:
-        checks.analysis_rollouts = run_analysis(
-            paths,
-            batch_size=expected,
-            rollouts_per_example=args.rollouts_per_example,
-            max_tokens=max_tokens,
-            plots=not args.no_plots,
-        )
-        if checks.analysis_rollouts != expected:
-            checks.problems.append(f"the analysis counted {checks.analysis_rollouts} rollouts")
-    written = [p for p in paths.out.rglob("*") if p.is_file() and p.stat().st_mtime >= started]
-    files = {show(p) for p in written} | {show(paths.report)}  # not a previous run's leftovers
-    report = make_report(
-        records,
-        checks,
-        seconds=seconds,
-        files=sorted(files),
-        num_examples=args.num_examples,
-        rollouts_per_example=args.rollouts_per_example,
-        max_tokens=max_tokens,
-        build_seconds=built.seconds,
-        server_startup_seconds=startup,
-    )
-    report.save(paths.report)
-    print("\n=== dry run report ===\n" + report.text())
-    if checks.problems:
-        print("\nCHECKS FAILED:\n" + "\n".join(f"  - {p}" for p in checks.problems))
-        return 1
-    print("\nall checks passed")
-    return 0
+def read_config(path: Path) -> RunConfig:
+    """The run config, with what the dry run needs of it (a clear error naming the file)."""
+    config = read_run_config(path)
+    needed = ("max_steps", "seq_len", "batch_size", "rollouts_per_example", "max_tokens")
+    if missing := [key for key in needed if getattr(config, key) is None]:
+        raise RunConfigError(f"{path}: the dry run needs {missing} set")
+    config.train_env()  # exactly one calibrated-qa training env
+    if not (config.eval and config.eval.round_size and len(config.eval.envs) == 1):
+        raise RunConfigError(f"{path}: the dry run needs [orchestrator.eval] with "
+                             "num_examples > 0 and one [[orchestrator.eval.env]]")  # fmt: skip
+    return config
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    terminate_on_sigterm()
-    config = read_config(args.config)
-    max_tokens = args.max_tokens or config.max_tokens
-    paths = Paths(args.out.absolute())
-    env_args = dry_run_env_args(
-        config,
-        max_tokens=max_tokens,
-        dataset=args.dataset.absolute(),
-        split=args.split,
-        log_dir=paths.logs,
-    )
-    print(
-        f"config {show(config.path)}: max_tokens {max_tokens}"
-        f"{' (overridden)' if args.max_tokens else ''}, temperature {config.temperature}"
-    )
-    print(f"environment args: {json.dumps(env_args)}", flush=True)
-    if args.serve:
-        return serve_only(args, paths, env_args, max_tokens)
-    return dry_run(args, config, paths, env_args, max_tokens)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", type=Path, default=REPO / "configs" / "dry_run.toml")
+    parser.add_argument("--out", type=Path, default=REPO / "results" / "dry-run")
+    parser.add_argument("--cache-dir", type=Path, default=REPO / ".cache" / "dryrun")
+    args = parser.parse_args(argv)
+    config_path, cache = args.config.absolute(), args.cache_dir.absolute()
+    config = read_config(config_path)
+    out = args.out.absolute() / time.strftime("run-%Y%m%d-%H%M%S", time.gmtime())
+    out.mkdir(parents=True)  # a new folder each run: a previous run's logs are never touched
+    os.chdir(REPO)  # the config's dataset path is relative to the repository, as in training
+    # SIGTERM -> SystemExit, so that every finally block (servers, env servers) runs.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    os.environ[LOG_DIR_ENV_VAR] = str(out)  # run_training.sh: export CALIBRATED_QA_LOG_DIR
+    started = time.perf_counter()
+    built = build_model(cache)
+    print(f"run folder {out}\nmodel {built.path} ({built.num_parameters:,} parameters)", flush=True)
+    with running(built.path, out / "server_requests.jsonl", out / "server.log") as url:
+        print(f"model server {url}; env servers: train {config.env_workers} workers, eval "
+              f"{config.eval_env_workers}", flush=True)  # fmt: skip
+        result = asyncio.run(orchestrate(config, url, str(built.path), str(out / "logs")))
+    problems, figures = check(config, result, out)
+    analysis_start = time.perf_counter()
+    analyse(config_path, out)
+    figures["build_seconds"] = round(built.seconds, 1)
+    figures["analysis_seconds"] = round(time.perf_counter() - analysis_start, 1)
+    figures["wall_seconds"] = round(time.perf_counter() - started, 1)
+    (out / "dry_run_report.json").write_text(json.dumps(figures, indent=2) + "\n")
+    print(json.dumps(figures, indent=2))
+    if problems:
+        print("CHECKS FAILED:\n" + "\n".join(f"  - {p}" for p in problems))
+        return 1
+    print(f"all checks passed; outputs in {out}")
+    return 0
 
 
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except (DryRunError, ServerError) as exc:
+    except (RunConfigError, RuntimeError) as exc:
         print(f"dry run failed: {exc}", file=sys.stderr)
         sys.exit(1)
-    except KeyboardInterrupt:
-        print("interrupted; server stopped", file=sys.stderr)
-        sys.exit(130)

@@ -2,8 +2,8 @@
 # The main job, one command on any machine:
 #   with 2 or more NVIDIA GPUs: the reference training run (run_training.sh: checks, prime-rl,
 #   then the analysis into results/<run-name>/);
-#   without: the CPU dry run of the whole pipeline on a tiny local model (dry_run.py: build, serve,
-#   rollouts through verifiers, generation log, analysis into results/dry-run/, report).
+#   without: the CPU dry run of the whole pipeline on a tiny local model, driven as prime-rl drives
+#   the environment (dry_run.py, configs/dry_run.toml; outputs in the untracked results/dry-run/).
 set -euo pipefail
 
 REPO_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)

@@ -51,6 +51,7 @@ class EnvEntry:
     args: dict[str, Any]
     num_examples: int | None = None  # eval env overrides of the round size
     rollouts_per_example: int | None = None
+    num_workers: int | str = "auto"  # env-server workers: a count, or "auto" (resolve_num_workers)
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,7 @@ class EvalSchedule:
     max_tokens: int | None
     temperature: float
     envs: tuple[EnvEntry, ...]
+    sampling: Mapping[str, Any] = field(default_factory=dict)  # [orchestrator.eval.sampling]
 
     @property
     def round_size(self) -> int | None:
@@ -104,6 +106,7 @@ class RunConfig:
     num_infer_gpus: int
     num_train_gpus: int
     inference_port: int
+    sampling: Mapping[str, Any] = field(default_factory=dict)  # [orchestrator.sampling] as written
     raw: Mapping[str, Any] = field(repr=False, default_factory=dict)
 
     @property
@@ -116,7 +119,15 @@ class RunConfig:
         """Training env-server workers prime-rl spawns (orchestrator.py, 6cae5cca)."""
         if self.max_inflight_rollouts is None:
             return None
-        return math.ceil(self.max_inflight_rollouts / ROLLOUTS_PER_ENV_WORKER)
+        return resolve_num_workers(self.train_env().num_workers, self.max_inflight_rollouts)
+
+    @property
+    def eval_env_workers(self) -> int | None:
+        """Eval env-server workers: orchestrator.py sizes "auto" by the round, 1024 for -1."""
+        if self.eval is None or len(self.eval.envs) != 1:
+            return None
+        round_size = self.eval.round_size or 1024
+        return resolve_num_workers(self.eval.envs[0].num_workers, round_size)
 
     def train_env(self) -> EnvEntry:
         """The one calibrated-qa training environment; anything else is a config error."""
@@ -127,6 +138,13 @@ class RunConfig:
                 f"(found ids {[e.id for e in self.envs]})"
             )
         return ours[0]
+
+
+def resolve_num_workers(num_workers: int | str, max_concurrent: int) -> int:
+    """prime-rl's ``vf_utils.resolve_num_workers``: "auto" is one worker per 256 rollouts."""
+    if num_workers == "auto":
+        return max(1, math.ceil(max_concurrent / ROLLOUTS_PER_ENV_WORKER))
+    return int(num_workers)
 
 
 def _get(table: Mapping[str, Any], key: str, kind: type, where: str, source: Path) -> Any:
@@ -170,12 +188,18 @@ def _envs(entries: Any, where: str, source: Path) -> tuple[EnvEntry, ...]:
         args = entry.get("args", {})
         if not isinstance(args, dict):
             raise RunConfigError(f"{source}: {at}args must be a table")
+        workers = entry.get("num_workers", "auto")
+        if workers != "auto" and (type(workers) is not int or workers < 1):
+            raise RunConfigError(
+                f'{source}: {at}num_workers must be "auto" or >= 1, got {workers!r}'
+            )
         out.append(
             EnvEntry(
                 id=env_id,
                 args=dict(args),
                 num_examples=_get(entry, "num_examples", int, at, source),
                 rollouts_per_example=_positive(entry, "rollouts_per_example", at, source),
+                num_workers=workers,
             )
         )
     return tuple(out)
@@ -216,6 +240,7 @@ def parse_run_config(config: Mapping[str, Any], source: str | os.PathLike[str]) 
             max_tokens=_positive(eval_sampling, "max_tokens", f"[{o}eval.sampling] ", src),
             temperature=TEMPERATURE if eval_temperature is None else eval_temperature,
             envs=envs,
+            sampling=eval_sampling,
         )
     ckpt = _table(config, "ckpt", "", src)
     trainer_ckpt = _table(_table(config, "trainer", "", src), "ckpt", "trainer.", src)
@@ -250,6 +275,7 @@ def parse_run_config(config: Mapping[str, Any], source: str | os.PathLike[str]) 
         else 0,
         num_train_gpus=_positive(deployment, "num_train_gpus", "[deployment] ", src) or 1,
         inference_port=_positive(server, "port", "[inference.server] ", src) or INFERENCE_PORT,
+        sampling=sampling,
         raw=config,
     )
 

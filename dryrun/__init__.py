@@ -1,10 +1,7 @@
-"""The CPU dry run: the whole pipeline against a real model server, without a GPU.
+"""The CPU dry run: the whole pipeline without a GPU, driven as prime-rl 6cae5cca drives it.
 
-A tiny randomly initialised Gemma 2 (``build``) is served by ``transformers serve`` (``server``),
-behind a proxy that records what the server received (``proxy``); the calibrated-qa environment
-runs through verifiers' OpenAI chat-completions client against it and the analysis reads the log
-(``run``). ``dry_run.py`` at the repository root is the command line.
-
-This package imports torch and transformers; it lives outside ``calibrated_qa`` so that the
-environment package installed into prime-rl's venv stays light.
+``build``: a tiny random Gemma 2; ``server``: the part of vLLM's OpenAI API prime-rl uses, on it;
+``orchestrator``: prime-rl's env servers, sampling args, scheduling and eval rounds. ``dry_run.py``
+at the repository root is the command line. Outside ``calibrated_qa`` so that the environment
+package installed into prime-rl's venv stays light (this one imports torch and transformers).
 """

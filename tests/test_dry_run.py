@@ -1,21 +1,15 @@
-"""The dry run end to end, against a real ``transformers serve``: what the server received, what the
-log holds, what the analysis counted, and that the server never outlives the command.
-
-Every test here starts a real server (~10 s on 2 cores). The model is built once per module into
-a temporary cache, so the repository's own ``.cache/`` is neither used nor touched.
+"""``dry_run.py`` end to end, and that no model server or env-server process outlives it, however
+it is stopped (SIGINT, SIGTERM, SIGKILL). Slow (about 1 min + 3 x 20 s on 2 cores).
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,246 +18,108 @@ import pytest
 
 from calibrated_qa.records import validate_record
 from dryrun.build import BuiltModel, build_model
-from dryrun.proxy import RecordingProxy, read_requests, recording_proxy
-from dryrun.server import Server, ServerError, serve
+from dryrun.orchestrator import eval_sampling_args, sent_fields, train_sampling_args
+from tests.test_dry_run_checks import DRY
 
 pytestmark = pytest.mark.slow
-
 REPO = Path(__file__).resolve().parent.parent
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> BuiltModel:
-    return build_model(tmp_path_factory.mktemp("dryrun-cache"))
+    return build_model(tmp_path_factory.mktemp("cache"))
 
 
-@pytest.fixture(scope="module")
-def served(
-    built: BuiltModel, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[Server, RecordingProxy]]:
-    logs = tmp_path_factory.mktemp("served")
-    with (
-        serve(built.link, logs / "server.log") as server,
-        recording_proxy(server.port, logs / "requests.jsonl") as proxy,
-    ):
-        yield server, proxy
-
-
-def dry_run(out: Path, built: BuiltModel, *args: str) -> list[str]:
-    return [
-        sys.executable,
-        str(REPO / "dry_run.py"),
-        "--out",
-        str(out),
-        "--cache-dir",
-        str(built.path.parent),
-        *args,
-    ]
+def command(out: Path, built: BuiltModel) -> list[str]:
+    return [sys.executable, str(REPO / "dry_run.py"), "--out", str(out),
+            "--cache-dir", str(built.path.parent)]  # fmt: skip
 
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
-def post(url: str, body: dict) -> tuple[int, dict | str]:
-    request = urllib.request.Request(
-        f"{url}/v1/chat/completions",
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=120) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode(errors="replace")
-
-
-def server_pid(server_log: Path) -> int:
-    """The server's pid, from uvicorn's "Started server process [PID]" line."""
-    for line in server_log.read_text(errors="replace").splitlines():
-        if "Started server process [" in line:
-            return int(line.split("[", 1)[1].split("]", 1)[0])
-    raise AssertionError(f"no server pid in {server_log}")
-
-
-def assert_gone(pid: int) -> None:
-    """No live process ``pid`` that is a model server (a zombie or a reused pid does not count)."""
-    try:
-        process = psutil.Process(pid)
-        alive = process.status() != psutil.STATUS_ZOMBIE
-        is_server = "transformers.cli.transformers" in " ".join(process.cmdline())
-    except psutil.NoSuchProcess:
-        return
-    assert not (alive and is_server), f"server process {pid} is still running"
-
-
+@pytest.mark.timeout(600)
 def test_dry_run_end_to_end(built: BuiltModel, tmp_path: Path) -> None:
-    """16 rollouts (4 questions x 4) at the config's max_tokens (512), then every invariant."""
-    out = tmp_path / "dry-run"
     started = time.perf_counter()
-    run = subprocess.run(
-        dry_run(out, built, "-n", "4", "-r", "4"),
-        cwd=REPO,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    seconds = time.perf_counter() - started
+    run = subprocess.run(command(tmp_path, built), cwd=tmp_path, capture_output=True, text=True,
+                         timeout=600)  # fmt: skip
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "all checks passed" in run.stdout
-    assert "a randomly initialised model writes no" in run.stdout  # parse rate 0 is explained
-
-    # What the server received: 16 chat requests, each exactly one user message.
-    requests = read_jsonl(out / "logs" / "server_requests.jsonl")
-    chats = [r for r in requests if r["path"] == "/v1/chat/completions"]
-    assert len(chats) == 16
-    assert all(r["roles"] == ["user"] and r["status"] == 200 for r in chats)
-    assert all(r["max_completion_tokens"] == 512 for r in chats)
-
-    # The log: one valid record per rollout, exact token counts equal to the server's usage.
-    log = out / "logs" / "generations.jsonl"
-    records = [validate_record(r, f"{log}:{i}") for i, r in enumerate(read_jsonl(log), 1)]
-    assert len(records) == 16
-    assert {r["split"] for r in records} == {"train"}
-    assert all(r["length_unit"] == "tokens" for r in records)
-    usage = sorted((r["content"], r["usage"]["completion_tokens"]) for r in chats)
-    logged = sorted((r["completion"], r["completion_tokens"]) for r in records)
-    assert logged == usage
-    assert all(r["length"] == r["completion_tokens"] <= 512 for r in records)
-    assert all(r["truncated"] == (r["completion_tokens"] == 512) for r in records)
-    questions = {r["example_id"]: r["question"] for r in records}
-    assert len(questions) == 4
-
-    # The analysis read that log: its outputs exist and count the same rollouts.
-    with (out / "metrics_by_step.csv").open() as f:
-        steps = list(csv.DictReader(f))
-    assert sum(int(s["n"]) for s in steps) == 16
-    assert len((out / "calibration_metrics.csv").read_text().splitlines()) == 1 + 16
-    assert (out / "summary.md").exists()
-
+    (out,) = tmp_path.iterdir()  # a new run-* folder
     report = json.loads((out / "dry_run_report.json").read_text())
-    assert report["rollouts"] == 16 and report["checks"]["problems"] == []
-    assert report["checks"]["analysis_rollouts"] == 16
-    assert_gone(server_pid(out / "logs" / "server.log"))
-    print(
-        f"dry run of 16 rollouts: {seconds:.1f} s, {report['rollouts_per_second']:.2f} rollouts/s"
-    )
+
+    # both logs: valid records from 2 env-server workers each, in the config's unit
+    train = [validate_record(r, "train") for r in read_jsonl(out / "generations.jsonl")]
+    evals = [validate_record(r, "eval") for r in read_jsonl(out / "eval_generations.jsonl")]
+    assert len({r["pid"] for r in train}) == len({r["pid"] for r in evals}) == 2
+    assert {r["length_unit"] for r in train + evals} == {"chars"}
+    assert len(evals) == 2 * DRY.eval.round_size  # base and final rounds
+    assert DRY.batch_size * DRY.max_steps <= len(train) <= report["rollouts_started"]
+    assert report["surplus_records"] == len(train) - DRY.batch_size * DRY.max_steps
+
+    # every chat request: status 200 and prime-rl's sampling fields
+    requests = read_jsonl(out / "server_requests.jsonl")
+    train_fields = sent_fields(train_sampling_args(DRY, DRY.temperature))
+    eval_fields = sent_fields(eval_sampling_args(DRY))
+    assert all(r["status"] == 200 and r["roles"] == ["user"] for r in requests)
+    sent = sum(r["sampling"] == train_fields for r in requests)  # a cancelled one may not have
+    assert len(train) <= sent <= report["rollouts_started"]
+    assert sum(r["sampling"] == eval_fields for r in requests) == len(evals)
+
+    # the analysis (in-process): training steps, eval rounds, base vs trained
+    for folder in ("train", "eval", "compare"):
+        assert any((out / "analysis" / folder).iterdir()), folder
+    assert "analyze_calibration.py --split eval --compare base=" in run.stdout
+    print(f"dry run: {time.perf_counter() - started:.0f} s, report {report}")
 
 
-@pytest.mark.parametrize(
-    ("signum", "exit_code"),
-    [(signal.SIGINT, 130), (signal.SIGTERM, 143)],
-    ids=["SIGINT", "SIGTERM"],
-)
-def test_interrupted_dry_run_leaves_no_server(
-    built: BuiltModel, tmp_path: Path, signum: int, exit_code: int
-) -> None:
-    out = tmp_path / "dry-run"
-    requests = out / "logs" / "server_requests.jsonl"
-    cli = subprocess.Popen(
-        dry_run(out, built, "-n", "16", "-r", "4", "--skip-analysis"),
-        cwd=REPO,
-        env=ENV,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+def descendants(pid: int) -> list[psutil.Process]:
+    return psutil.Process(pid).children(recursive=True)
+
+
+def alive(processes: list[psutil.Process]) -> list[psutil.Process]:
+    def running(p: psutil.Process) -> bool:
+        try:
+            return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    return [p for p in processes if running(p)]
+
+
+@pytest.fixture
+def mid_run(built: BuiltModel, tmp_path: Path) -> Iterator[tuple[subprocess.Popen, list]]:
+    """A dry run stopped while its rollouts are under way: (process, its descendants then)."""
+    cli = subprocess.Popen(command(tmp_path, built), cwd=tmp_path, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    children: list[psutil.Process] = []
     try:
         deadline = time.monotonic() + 180
-        while not (requests.exists() and requests.read_text().strip()):  # rollouts under way
-            assert cli.poll() is None, cli.communicate()[0][-3000:]
-            assert time.monotonic() < deadline, "the dry run never reached its rollouts"
+        while not list(tmp_path.glob("run-*/server_requests.jsonl")):  # rollouts under way
+            assert cli.poll() is None and time.monotonic() < deadline, "no request was sent"
             time.sleep(0.2)
-        children = psutil.Process(cli.pid).children(recursive=True)
-        assert any("transformers.cli.transformers" in " ".join(c.cmdline()) for c in children)
-        cli.send_signal(signum)
-        output, _ = cli.communicate(timeout=60)
+        children = descendants(cli.pid)
+        lines = [" ".join(c.cmdline()) for c in children]
+        assert sum("dryrun.server" in line for line in lines) == 1
+        assert sum("spawn_main" in line for line in lines) >= 6  # 2 env servers, 2 x 2 workers
+        yield cli, children
     finally:
         if cli.poll() is None:
-            cli.kill()
+            os.killpg(cli.pid, signal.SIGKILL)
             cli.wait()
-    assert cli.returncode == exit_code, output[-3000:]
-    _, alive = psutil.wait_procs(children, timeout=10)
-    assert [p for p in alive if p.status() != psutil.STATUS_ZOMBIE] == []
-    assert_gone(server_pid(out / "logs" / "server.log"))
+        for process in alive(children):  # a failed test leaves none either
+            process.kill()
 
 
-def test_an_error_inside_serve_stops_the_server(built: BuiltModel, tmp_path: Path) -> None:
-    with pytest.raises(RuntimeError, match="injected"), serve(built.link, tmp_path / "log") as s:
-        pid = s.process.pid
-        assert s.process.poll() is None
-        raise RuntimeError("injected failure while serving")
-    assert s.process.returncode is not None
-    assert_gone(pid)
-
-
-def test_a_server_that_cannot_start_fails_fast(tmp_path: Path) -> None:
-    started = time.monotonic()
-    with (
-        pytest.raises(ServerError, match="exited with code"),
-        serve(tmp_path / "nothing", tmp_path / "log"),
-    ):
-        pass
-    assert time.monotonic() - started < 120
-    assert "nothing" in (tmp_path / "log").read_text()
-
-
-def test_the_template_refuses_a_system_message(served: tuple[Server, RecordingProxy]) -> None:
-    server, proxy = served
-    sampling = {"model": server.model, "max_completion_tokens": 16, "temperature": 1.0}
-    status, answer = post(
-        proxy.url,
-        {**sampling, "messages": [{"role": "system", "content": "Be brief."},
-                                  {"role": "user", "content": "Is it?"}]},
-    )  # fmt: skip
-    assert status >= 400, answer
-    # transformers serve answers 500 (vLLM: 400); the template's reason is in the server log,
-    # written just after the response.
-    deadline = time.monotonic() + 30
-    while "System role not supported" not in server.log_path.read_text():
-        assert time.monotonic() < deadline, "the server log does not say why it refused"
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL],
+                         ids=["SIGINT", "SIGTERM", "SIGKILL"])  # fmt: skip
+def test_a_stopped_dry_run_leaves_no_process(mid_run, signum: int) -> None:
+    cli, children = mid_run
+    cli.send_signal(signum)  # to the dry run alone, not to its process group
+    cli.wait(timeout=60)
+    deadline = time.monotonic() + 60
+    while alive(children) and time.monotonic() < deadline:
         time.sleep(0.2)
-
-    user_only = {**sampling, "messages": [{"role": "user", "content": "Is it?"}]}
-    status, answer = post(proxy.url, user_only)
-    assert status == 200, answer
-    assert 1 <= answer["usage"]["completion_tokens"] <= 16
-
-    refused, answered = read_requests(proxy.log_path)[-2:]
-    assert refused["roles"] == ["system", "user"] and refused["status"] >= 400
-    assert answered["roles"] == ["user"] and answered["status"] == 200
-
-
-def test_vf_eval_runs_against_the_server(
-    served: tuple[Server, RecordingProxy], tmp_path: Path
-) -> None:
-    """The documented vf-eval command (docs/dry_run.md), scaled down."""
-    server, proxy = served
-    before = len(read_requests(proxy.log_path)) if proxy.log_path.exists() else 0
-    env_args = {
-        "max_tokens": 64,
-        "length_unit": "tokens",
-        "dataset_name": "data/boolq",
-        "dataset_split": "validation",
-        "eval_split": "validation",
-        "log_dir": str(tmp_path),
-    }
-    command = [
-        str(Path(sys.executable).parent / "vf-eval"), "calibrated-qa",
-        "-m", server.model, "-b", f"{proxy.url}/v1", "-k", "DRYRUN_API_KEY",
-        "-n", "2", "-r", "2", "-t", "64", "-T", "1.0", "-a", json.dumps(env_args),
-    ]  # fmt: skip
-    run = subprocess.run(command, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-
-    log = tmp_path / "eval_generations.jsonl"
-    records = [validate_record(r, f"{log}:{i}") for i, r in enumerate(read_jsonl(log), 1)]
-    assert len(records) == 4
-    assert all(r["split"] == "eval" and r["length_unit"] == "tokens" for r in records)
-    chats = read_requests(proxy.log_path)[before:]
-    assert len(chats) == 4 and all(r["roles"] == ["user"] for r in chats)
-    assert sorted(r["completion_tokens"] for r in records) == sorted(
-        r["usage"]["completion_tokens"] for r in chats
-    )
+    assert alive(children) == [], [" ".join(p.cmdline()[:4]) for p in alive(children)]
