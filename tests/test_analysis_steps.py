@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ from calibrated_qa.analysis.steps import (
 )
 from calibrated_qa.run_config import EvalSchedule
 from tests.conftest import pinned_prime_rl_source
-from tests.fixtures.analysis.build import Rollout, run, write_project
+from tests.fixtures.analysis.build import Rollout, project_record, run, write_project
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -303,3 +304,54 @@ def test_step_rows_hold_every_step(tmp_path: Path) -> None:
     rows = step_rows(r)
     assert [row["step"] for row in rows] == [0, 1, 2]
     assert all(row["n"] == 16 and row["n_questions"] == 4 for row in rows)
+
+
+def _eval_log(tmp_path: Path, rounds: list[list[int]], gap: float = 600.0) -> Path:
+    """An eval log of rounds of question ids in log order; each round ``gap`` seconds apart."""
+    path = tmp_path / "eval_generations.jsonl"
+    with open(path, "w") as f:
+        for k, questions in enumerate(rounds):
+            for i, q in enumerate(questions):
+                record = project_record(Rollout(q, f"q{q}", q % 2 == 0, "YES", split="eval"))
+                record["time"] = 1.7e9 + k * gap + i
+                f.write(json.dumps(record) + "\n")
+    return path
+
+
+def _rounds(path: Path, **kwargs: object) -> tuple[list[int], object]:
+    r = read_rollouts([path], split="eval", progress=False)[0]
+    attribution = attribute_eval_rounds(r, None, 10, rollouts_per_example=1, **kwargs)  # type: ignore[arg-type]
+    steps, counts = np.unique(r.step, return_counts=True)
+    return [int(c) for c in counts[np.argsort(steps)]], attribution
+
+
+def test_a_short_eval_round_is_reported_not_an_error(tmp_path: Path) -> None:
+    # prime-rl evaluates with max_retries=0: question 2 failed in the second round
+    log = _eval_log(tmp_path, [[0, 1, 2, 3], [1, 0, 3], [3, 2, 1, 0]])
+    sizes, attribution = _rounds(log, max_steps=12)
+    assert sizes == [4, 3, 4]
+    assert attribution.warnings == [  # type: ignore[attr-defined]
+        "eval round checkpoint 10 is short: 3 of 4 records (failed eval rollouts are not "
+        "retried: prime-rl runs eval with max_retries=0)"
+    ]
+    assert "checkpoint 10 n=3" in attribution.method  # type: ignore[attr-defined]
+    with pytest.raises(AnalysisInputError, match="short: 3 of 4.*--strict-eval"):
+        _rounds(log, strict=True)
+
+
+def test_a_missing_question_first_in_the_next_round_stays_in_its_round(tmp_path: Path) -> None:
+    # question 2 failed in round 0 and comes first in round 1: identity alone would put it in
+    # round 0; the time gap between rounds (training ran in between) puts it back in round 1.
+    log = _eval_log(tmp_path, [[0, 1, 3], [2, 0, 1, 3], [0, 1, 2, 3]])
+    assert _rounds(log)[0] == [3, 4, 4]
+    # without times (a converted log) the boundary stays where identity puts it
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    log.write_text("".join(json.dumps(r | {"time": 0}) + "\n" for r in lines))
+    assert _rounds(log)[0] == [4, 3, 4]
+
+
+def test_an_eval_round_larger_than_expected_is_an_error(tmp_path: Path) -> None:
+    log = _eval_log(tmp_path, [[0, 1, 2, 3, 4], [0, 1, 2, 3, 4]])
+    r = read_rollouts([log], split="eval", progress=False)[0]
+    with pytest.raises(AnalysisInputError, match="holds 5 records, more than the 4 expected"):
+        attribute_eval_rounds(r, 4, 10, rollouts_per_example=1)

@@ -94,6 +94,12 @@ def _parser(doc: str) -> argparse.ArgumentParser:
         action="store_true",
         help="analyse a record count that is not a multiple of the batch size (last step flagged)",
     )
+    parser.add_argument(
+        "--strict-eval",
+        action="store_true",
+        help="fail on a short eval round or a question missing from a compared log (default: "
+        "warn, report each round's n, and pair only the questions present in both)",
+    )
     return parser
 
 
@@ -169,7 +175,11 @@ def main(argv: list[str] | None = None) -> int:
                 resamples=args.bootstrap,
                 seed=args.seed,
                 progress=not args.quiet,
+                strict_eval=args.strict_eval,
             )
+            for entry in entries:
+                for warning in entry.warnings:
+                    print(f"warning: --compare {entry.spec.label}: {warning}", file=sys.stderr)
             write_comparison(entries, args.out, plots_too=not args.no_plots)
             print(f"wrote comparison of {len(entries)} logs to {args.out}")
             return 0
@@ -180,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
             plots=not args.no_plots,
             skip_bad_lines=args.skip_bad_lines,
             allow_partial_step=args.allow_partial_step,
+            strict_eval=args.strict_eval,
             bootstrap=args.bootstrap,
             seed=args.seed,
             progress=not args.quiet,
@@ -214,10 +225,15 @@ def samples_main(argv: list[str] | None = None) -> int:
             args.generations, split=args.split, skip_bad_lines=args.skip_bad_lines
         )
         rollouts, attribution = attribute(
-            rollouts, split=args.split, shape=run_shape(args), allow_partial=args.allow_partial_step
+            rollouts,
+            split=args.split,
+            shape=run_shape(args),
+            allow_partial=args.allow_partial_step,
+            strict_eval=args.strict_eval,
         )
-        if attribution.surplus_note:
-            print(f"warning: {attribution.surplus_note}", file=sys.stderr)
+        for warning in [attribution.surplus_note, *attribution.warnings]:
+            if warning:
+                print(f"warning: {warning}", file=sys.stderr)
         present = sorted({int(s) for s in rollouts.step})
         steps = args.steps or sorted({present[0], present[-1]})
         samples = choose(rollouts, steps, args.n, seed=args.seed, threshold=args.confident)

@@ -264,7 +264,7 @@ def _plain(
         correct=np.asarray(label).astype(bool), p_yes=p,
         confidence=np.asarray(score, dtype=np.float64),
         brier=np.array([brier_score(q, t) for q, t in pairs]),
-        reward=zeros, calibration_reward=zeros, length_penalty=zeros, length=zeros,
+        reward=zeros, calibration_reward=zeros, length_penalty=zeros, length=zeros, time=zeros,
     )  # fmt: skip
     percent_bin(r.confidence)  # validates a given score
     t = tally(r, np.zeros(n, dtype=np.int64), 1)

@@ -74,6 +74,7 @@ class Rollouts:
     calibration_reward: NDArray[np.float64]
     length_penalty: NDArray[np.float64]
     length: NDArray[np.float64]  # NaN when the source did not record it
+    time: NDArray[np.float64]  # unix time the record was written; 0 when not recorded
     fmt: Format = "project"
 
     def __len__(self) -> int:
@@ -90,7 +91,7 @@ class Rollouts:
         return Rollouts(**columns, fmt=self.fmt)
 
 
-_DTYPES = [np.int64] * 5 + [bool] * 3 + [np.float64] * 7
+_DTYPES = [np.int64] * 5 + [bool] * 3 + [np.float64] * 8
 
 
 def open_binary(path: Path) -> BinaryIO:
@@ -268,6 +269,7 @@ def read_rollouts(
                     nan if p is None else p, nan if p is None else answer_confidence(p),
                     nan if r["brier"] is None else r["brier"], r["reward"],
                     r["calibration_reward"], r["length_penalty"], length if length >= 0 else nan,
+                    r["time"],
                 )
             )  # fmt: skip
         if len(rows) == before:

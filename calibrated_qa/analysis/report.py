@@ -59,6 +59,7 @@ class Options:
     plots: bool = True
     skip_bad_lines: bool = False
     allow_partial_step: bool = False
+    strict_eval: bool = False
     bootstrap: int = DEFAULT_RESAMPLES
     seed: int = 0
     progress: bool = True
@@ -118,7 +119,11 @@ def analyze(generations: Sequence[str], shape: RunShape, options: Options) -> An
         progress=options.progress,
     )
     rollouts, attribution = attribute(
-        rollouts, split=options.split, shape=shape, allow_partial=options.allow_partial_step
+        rollouts,
+        split=options.split,
+        shape=shape,
+        allow_partial=options.allow_partial_step,
+        strict_eval=options.strict_eval,
     )
     if not len(rollouts):
         raise AnalysisInputError(f"no rollouts in the first {shape.max_steps} steps")
@@ -151,6 +156,7 @@ def analyze(generations: Sequence[str], shape: RunShape, options: Options) -> An
         orchestrator=orchestrator,
         purity=group_purity(rollouts, shape.rollouts_per_example),
     )
+    result.warnings += attribution.warnings
     if attribution.surplus_note:
         result.warnings.append(attribution.surplus_note)
     if attribution.partial_step is not None:

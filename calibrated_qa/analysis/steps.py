@@ -33,6 +33,7 @@ from __future__ import annotations
 import csv
 import os
 import re
+from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -122,6 +123,7 @@ class Attribution:
     surplus_note: str | None = None  # the loud sentence about them
     round_names: dict[int, str] = field(default_factory=dict)  # eval: step -> round name
     final_step: int | None = None  # eval: the step label of the final round, when identified
+    warnings: list[str] = field(default_factory=list)  # eval: short rounds
 
 
 def has_own_steps(rollouts: Rollouts) -> bool:
@@ -202,6 +204,39 @@ def attribute_steps(
     return Attribution(method, full if rest else None, rest)
 
 
+def _round_starts(rollouts: Rollouts, per_question: int) -> list[int]:
+    """Where each eval round starts in log order, by question identity (robust to missing records).
+
+    A round holds each question at most ``per_question`` times, and rounds follow one another
+    (prime-rl awaits a whole round before training on), so a question seen ``per_question``
+    times already opens the next round. A short round (a rollout failed: eval runs with
+    ``max_retries=0``) would then swallow the next round's first records of its missing
+    questions; when the records carry times, such a boundary moves back to the largest time gap
+    among the records that could still belong to the next round (rounds are separated by training).
+    """
+    question, time = rollouts.question, rollouts.time
+    starts, seen = [0], defaultdict(int)
+    for i, q in enumerate(question.tolist()):
+        if seen[q] == per_question:
+            starts.append(i)
+            seen.clear()
+        seen[q] += 1
+    if len(starts) == 1 or not np.all(time > 0):
+        return starts
+    for k in range(1, len(starts)):
+        b, following = starts[k], defaultdict(int)
+        end = starts[k + 1] if k + 1 < len(starts) else len(question)
+        for q in question[b:end].tolist():
+            following[q] += 1
+        j = b  # earliest start keeping the next round within per_question per question
+        while j - 1 > starts[k - 1] and following[int(question[j - 1])] < per_question:
+            j -= 1
+            following[int(question[j])] += 1
+        gaps = time[j : b + 1] - time[j - 1 : b]
+        starts[k] = j + int(np.argmax(gaps))
+    return starts
+
+
 def attribute_eval_rounds(
     rollouts: Rollouts,
     eval_size: int | None,
@@ -210,50 +245,78 @@ def attribute_eval_rounds(
     base_model: bool = True,
     rollouts_per_example: int | None = None,
     max_steps: int | None = None,
+    strict: bool = False,
 ) -> Attribution:
     """Set ``rollouts.step`` to the checkpoint each record's eval round evaluates (in place).
 
-    With ``num_examples = -1`` (the whole eval set) the round size is not in the config; it is
-    then the number of distinct questions x ``rollouts_per_example``, when identity is known.
-    See the module docstring for the labels (the final round: ``max_steps - 1``, when known).
+    Rounds are found by question identity (``_round_starts``) when the log has it and
+    ``rollouts_per_example`` is known, else by position (``eval_size`` records each). A short
+    round is a warning (an error when ``strict``), a round larger than expected an error. The
+    expected size is ``eval_size``, or (``num_examples = -1``) the distinct questions x
+    ``rollouts_per_example``. Labels: see the module docstring.
     """
-    if eval_size is None and rollouts_per_example and rollouts.has_identity:
-        eval_size = int(np.unique(rollouts.question).size) * rollouts_per_example
-    if eval_size is None or interval is None:
+    n = len(rollouts)
+    by_identity = bool(rollouts_per_example) and rollouts.has_identity
+    if by_identity:
+        expected = eval_size or int(np.unique(rollouts.question).size) * rollouts_per_example
+    else:
+        expected = eval_size
+    if expected is None or interval is None:
         rollouts.step[:] = 0
         return Attribution("all eval records pooled as one round (no --eval-size/--eval-interval)")
-    n = len(rollouts)
-    rounds, rest = divmod(n, eval_size)
-    if rest:
-        raise AnalysisInputError(
-            f"{n} eval records is not a multiple of the eval round size {eval_size} "
-            f"({rounds} rounds + {rest} records): check --eval-size (num_examples x rollouts)"
-        )
+    if by_identity:
+        starts = _round_starts(rollouts, rollouts_per_example)  # type: ignore[arg-type]
+        how = f"by question identity (each question at most {rollouts_per_example}x per round)"
+    else:
+        rounds, rest = divmod(n, expected)
+        if rest:
+            raise AnalysisInputError(
+                f"{n} eval records is not a multiple of the eval round size {expected} "
+                f"({rounds} rounds + {rest} records): check --eval-size (num_examples x "
+                "rollouts), or give --eval-rollouts-per-example to find rounds by question"
+            )
+        starts = list(range(0, n, expected))
+        how = f"by position ({expected} records each)"
+    sizes = np.diff([*starts, n])
+    rounds = len(starts)
     online, final = eval_checkpoints(
         interval, base_model=base_model, max_steps=max_steps, rounds=rounds
     )
     labels = online + ([final] if final is not None else [])
     if rounds > len(labels):
         raise AnalysisInputError(
-            f"{rounds} eval rounds of {eval_size} records, but a run of max_steps={max_steps} "
-            f"with interval {interval} evaluates only {len(labels)} (checkpoints {online} and "
-            f"final {final}): a resumed run that repeated rounds, or a wrong max_steps/interval"
+            f"{rounds} eval rounds, but a run of max_steps={max_steps} with interval {interval} "
+            f"evaluates only {len(labels)} (checkpoints {online} and final {final}): a resumed "
+            "run that repeated rounds, or a wrong max_steps/interval"
         )
     labels = labels[:rounds]
     final_step = final if final is not None and rounds == len(online) + 1 else None
     names = {c: ("base model (checkpoint 0)" if c == 0 else f"checkpoint {c}") for c in labels}
     if final_step is not None:
         names[final_step] = f"final (checkpoint {final_step})"
-    rollouts.step[:] = np.asarray(labels, dtype=np.int64)[np.arange(n) // eval_size]
-    method = (
-        f"eval round = record position // {eval_size}, labelled by the checkpoint it evaluates: "
-        + ", ".join(names[c] for c in labels)
+    warnings = []
+    for label, size in zip(labels, sizes.tolist(), strict=True):
+        if size > expected:
+            raise AnalysisInputError(
+                f"eval round {names[label]} holds {size} records, more than the {expected} "
+                "expected (num_examples x rollouts_per_example): check the eval settings"
+            )
+        if size < expected:
+            warnings.append(
+                f"eval round {names[label]} is short: {size} of {expected} records (failed eval "
+                "rollouts are not retried: prime-rl runs eval with max_retries=0)"
+            )
+    if warnings and strict:
+        raise AnalysisInputError("; ".join(warnings) + " (--strict-eval)")
+    rollouts.step[:] = np.repeat(np.asarray(labels, dtype=np.int64), sizes)
+    method = f"eval rounds {how}, labelled by the checkpoint they evaluate: " + ", ".join(
+        f"{names[c]} n={size}" for c, size in zip(labels, sizes.tolist(), strict=True)
     )
     if max_steps is None:
         method += " (without max_steps the final eval round cannot be told apart)"
     elif final_step is None:
         method += f" (no final round: the run stopped before max_steps={max_steps})"
-    return Attribution(method, round_names=names, final_step=final_step)
+    return Attribution(method, round_names=names, final_step=final_step, warnings=warnings)
 
 
 def _log_text(source: Path) -> str:
@@ -310,6 +373,7 @@ def attribute(
     split: str,
     shape: RunShape,
     allow_partial: bool = False,
+    strict_eval: bool = False,
 ) -> tuple[Rollouts, Attribution]:
     """Steps (train) or eval rounds (eval) for every rollout: the one path both CLIs take.
 
@@ -325,6 +389,7 @@ def attribute(
             base_model=shape.eval_base_model,
             rollouts_per_example=shape.eval_rollouts_per_example,
             max_steps=shape.max_steps,
+            strict=strict_eval,
         )
         return rollouts, attribution
     kept, surplus, note = truncate_to_max_steps(
