@@ -95,6 +95,12 @@ def _parser(doc: str) -> argparse.ArgumentParser:
         help="analyse a record count that is not a multiple of the batch size (last step flagged)",
     )
     parser.add_argument(
+        "--episodes",
+        metavar="RUN_DIR",
+        help="prime-rl 559b447 output dir: each record's exact step from its per-step episode "
+        "files (RUN_DIR/rollouts/step_N/...), instead of index // batch size",
+    )
+    parser.add_argument(
         "--strict-eval",
         action="store_true",
         help="fail on a short eval round or a question missing from a compared log (default: "
@@ -176,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
                 seed=args.seed,
                 progress=not args.quiet,
                 strict_eval=args.strict_eval,
+                episodes=args.episodes,
             )
             for entry in entries:
                 for warning in entry.warnings:
@@ -191,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
             skip_bad_lines=args.skip_bad_lines,
             allow_partial_step=args.allow_partial_step,
             strict_eval=args.strict_eval,
+            episodes=args.episodes,
             bootstrap=args.bootstrap,
             seed=args.seed,
             progress=not args.quiet,
@@ -230,6 +238,8 @@ def samples_main(argv: list[str] | None = None) -> int:
             shape=run_shape(args),
             allow_partial=args.allow_partial_step,
             strict_eval=args.strict_eval,
+            episodes=args.episodes,
+            files=read.files,
         )
         for warning in [attribution.surplus_note, *attribution.warnings]:
             if warning:

@@ -116,14 +116,19 @@ def _rounds_look_sequential(rollouts: Rollouts) -> int:
 
 
 def _select(
-    spec: Spec, rollouts: Rollouts, shape: RunShape, strict: bool
+    spec: Spec, rollouts: Rollouts, shape: RunShape, strict: bool, episodes: str | None
 ) -> tuple[Rollouts, str, list[str]]:
     """The records of the selected round of one log, the round in words, and its warnings."""
     name = f"--compare {spec.label}"
     if spec.select == ALL:
         return rollouts, "all records pooled (@all)", []
     final, warnings = None, []
-    if has_own_steps(rollouts):
+    if episodes is not None:
+        rollouts, attribution = attribute(
+            rollouts, split="eval", shape=shape, episodes=episodes, files=[spec.path]
+        )
+        names, warnings = attribution.round_names, attribution.warnings
+    elif has_own_steps(rollouts):
         names = {int(s): f"step {int(s)}" for s in np.unique(rollouts.step)}
     else:
         try:
@@ -212,6 +217,7 @@ def compare(
     seed: int = 0,
     progress: bool = True,
     strict_eval: bool = False,
+    episodes: str | None = None,
 ) -> list[Entry]:
     """Read and compute every compared log; labels must be unique.
 
@@ -226,7 +232,7 @@ def compare(
         rollouts, read = read_rollouts(
             [spec.path], split=split, skip_bad_lines=skip_bad_lines, progress=progress
         )
-        rollouts, selected, warnings = _select(spec, rollouts, shape, strict_eval)
+        rollouts, selected, warnings = _select(spec, rollouts, shape, strict_eval, episodes)
         rollouts.step[:] = 0  # one round: the self-ensemble groups by question
         intervals, unit = with_intervals(rollouts, resamples=resamples, seed=seed)
         entries.append(Entry(spec, rollouts, read, intervals, unit, selected, warnings))

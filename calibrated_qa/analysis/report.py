@@ -60,6 +60,7 @@ class Options:
     skip_bad_lines: bool = False
     allow_partial_step: bool = False
     strict_eval: bool = False
+    episodes: str | None = None  # prime-rl 559b447 run dir: exact steps
     bootstrap: int = DEFAULT_RESAMPLES
     seed: int = 0
     progress: bool = True
@@ -124,6 +125,8 @@ def analyze(generations: Sequence[str], shape: RunShape, options: Options) -> An
         shape=shape,
         allow_partial=options.allow_partial_step,
         strict_eval=options.strict_eval,
+        episodes=options.episodes,
+        files=read.files,
     )
     if not len(rollouts):
         raise AnalysisInputError(f"no rollouts in the first {shape.max_steps} steps")

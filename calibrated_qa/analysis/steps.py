@@ -34,7 +34,7 @@ import csv
 import os
 import re
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -42,8 +42,13 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from calibrated_qa.analysis.episodes import (
+    EpisodeFileError,
+    read_episode_rollouts,
+    steps_of_records,
+)
 from calibrated_qa.analysis.metrics import question_groups
-from calibrated_qa.analysis.readers import AnalysisInputError, Rollouts
+from calibrated_qa.analysis.readers import AnalysisInputError, Rollouts, records
 from calibrated_qa.run_config import (
     RunConfig,
     RunConfigError,
@@ -53,10 +58,15 @@ from calibrated_qa.run_config import (
 )
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
-# prime-rl 6cae5cc, orchestrator.py: "Step {n} | Time: {t:.2f}s | Reward: {r:.4f} |..."
-# eval_utils.py: "Evaluated {env_name} in {eval_time:.2f}s (Avg@{k}={reward_mean:.4f}, ..."
-_EVAL_LINE = re.compile(r"\bEvaluated (\S+) in [0-9.]+s \(Avg@\d+=(-?[0-9.]+(?:e-?\d+)?)")
-_STEP_LINE = re.compile(r"\bSUCCESS\s+Step (\d+) \|.*?\| Reward: (-?[0-9.]+(?:e-?\d+)?) \|")
+# prime-rl 6cae5cc, orchestrator.py: "Step {n} | Time: {t:.2f}s | Reward: {r:.4f} |..."; 559b447,
+# log_train_batch: "Step {n} | {time} | Reward {r:.4f} |...". Eval, 6cae5cc eval_utils.py:
+# "Evaluated {env} in {t:.2f}s (Avg@{k}={r:.4f}, ..."; 559b447 finalize_eval_batch:
+# "Evaluated {env} (Step {n}) | Policy v{k} | {time} | Reward {r:.4f} |...".
+_NUMBER = r"(-?[0-9.]+(?:e-?\d+)?)"
+_EVAL_LINE = re.compile(
+    rf"\bEvaluated (\S+) (?:in [0-9.]+s \(Avg@\d+=|\(Step \d+\) \|[^|]*\|[^|]*\| Reward ){_NUMBER}"
+)
+_STEP_LINE = re.compile(rf"\bSUCCESS\s+Step (\d+) \|[^|]*\| Reward:? {_NUMBER} \|")
 
 
 @dataclass(frozen=True)
@@ -126,8 +136,53 @@ class Attribution:
     warnings: list[str] = field(default_factory=list)  # eval: short rounds
 
 
+EXACT = "exact: each record's step from prime-rl's episode files (--episodes)"
+
+
+def episode_steps(
+    rollouts: Rollouts, files: Sequence[str], run_dir: str | os.PathLike[str]
+) -> tuple[Rollouts, list[str]]:
+    """The rollouts with their exact step from prime-rl 559b447's episode files in ``run_dir``.
+
+    A second pass over the log reads the completions (the first keeps no text). Records that
+    no episode holds (e.g. still in flight at the end) are left out and counted in a warning.
+    """
+    try:
+        episodes = read_episode_rollouts(Path(run_dir))
+    except EpisodeFileError as exc:
+        raise AnalysisInputError(str(exc)) from None
+    if not episodes:
+        raise AnalysisInputError(
+            f"{run_dir}: no episode files (rollouts/step_N/train|eval/all/traces.jsonl)"
+        )
+    if rollouts.fmt != "project":
+        raise AnalysisInputError("--episodes needs this project's log (it matches completions)")
+    wanted = set(zip(rollouts.file.tolist(), rollouts.line.tolist(), strict=True))
+    logged = (
+        record
+        for file_no, path in enumerate(files)
+        for number, _, record in records(path, skip_bad_lines=True)
+        if (file_no, number) in wanted
+    )
+    match = steps_of_records(logged, episodes)
+    steps = np.array([-1 if s is None else s for s in match.steps], dtype=np.int64)
+    kept = rollouts.subset(steps >= 0)
+    kept.step[:] = steps[steps >= 0]
+    warnings = []
+    if match.unmatched:
+        warnings.append(
+            f"{match.unmatched} records match no episode in {run_dir} (left out: rollouts "
+            "that finished after the run's last step, or another run's records)"
+        )
+    if match.ambiguous:
+        warnings.append(f"{match.ambiguous} records had identical twins at other steps")
+    if not len(kept):
+        raise AnalysisInputError(f"no record of the log matches an episode in {run_dir}")
+    return kept, warnings
+
+
 def has_own_steps(rollouts: Rollouts) -> bool:
-    """The records carry their own step (converted from the original CSV): it is used as is."""
+    """The records carry their own step (the original CSV, or from episode files): used as is."""
     return bool(len(rollouts)) and bool(np.all(rollouts.step >= 0))
 
 
@@ -175,6 +230,8 @@ def attribute_steps(
     run that stopped mid-step; it is an error unless ``allow_partial`` (then the last step is
     flagged partial). Records past ``max_steps`` must be cut first (``truncate_to_max_steps``).
     """
+    if has_own_steps(rollouts) and rollouts.fmt == "project":
+        return Attribution(EXACT)
     if has_own_steps(rollouts):
         steps, counts = np.unique(rollouts.step, return_counts=True)
         if batch_size is not None:
@@ -374,13 +431,22 @@ def attribute(
     shape: RunShape,
     allow_partial: bool = False,
     strict_eval: bool = False,
+    episodes: str | None = None,
+    files: Sequence[str] = (),
 ) -> tuple[Rollouts, Attribution]:
     """Steps (train) or eval rounds (eval) for every rollout: the one path both CLIs take.
 
-    Training: records past ``max_steps x batch_size`` are cut and counted first, then
-    ``attribute_steps``. Eval (not the CSV, which has its own step column):
-    ``attribute_eval_rounds``.
+    With ``episodes`` (a prime-rl 559b447 run dir) the steps are exact (``episode_steps``; an
+    eval round is the step it ran at). Otherwise, training: records past ``max_steps x
+    batch_size`` are cut and counted first, then ``attribute_steps``; eval (not the CSV, which
+    has its own step column): ``attribute_eval_rounds``.
     """
+    warnings: list[str] = []
+    if episodes is not None:
+        rollouts, warnings = episode_steps(rollouts, files, episodes)
+        if split == "eval":
+            names = {int(s): f"eval at step {int(s)}" for s in np.unique(rollouts.step)}
+            return rollouts, Attribution(EXACT, round_names=names, warnings=warnings)
     if split == "eval" and not has_own_steps(rollouts):
         attribution = attribute_eval_rounds(
             rollouts,
@@ -396,8 +462,7 @@ def attribute(
         rollouts, shape.batch_size, shape.max_steps, shape.max_steps_source
     )
     attribution = attribute_steps(kept, shape.batch_size, allow_partial=allow_partial)
-    if surplus:
-        attribution = replace(attribution, surplus=surplus, surplus_note=note)
+    attribution = replace(attribution, surplus=surplus, surplus_note=note, warnings=warnings)
     return kept, attribution
 
 

@@ -10,12 +10,8 @@ file.py``, ``FileMonitor.log_episodes``, on by default) writes every episode, as
 ``all`` holds every episode that finished for step N, ``effective`` those shipped to the trainer.
 An episode carries its task's data (``idx``: the record's ``example_id``) and its traces (each
 sampled assistant message: the record's ``completion``), so a record's step is looked up, not
-inferred: key ``(split, example_id, completion)``. The orchestrator's step line changed too
-(``orchestrator.py``, ``log_train_batch``): ``Step N | <time> | Reward 0.1234 | ...``, the mean
-reward of the traces shipped to the trainer at step N.
-
-This module is not part of the environment package (it would ship in the wheel) and not yet of
-``calibrated_qa.analysis``: it is meant to move there, unchanged, as ``episodes.py``.
+inferred: key ``(split, example_id, completion)``. Stdlib only (the v1 tests import it without
+numpy); ``steps.episode_steps`` applies it to a log (``--episodes RUN_DIR``).
 """
 
 from __future__ import annotations
@@ -31,8 +27,6 @@ from typing import Any, Literal
 Split = Literal["train", "eval"]
 Subset = Literal["all", "effective"]
 _STEP_DIR = re.compile(r"^step_(\d+)$")
-# prime-rl 559b447, orchestrator.py log_train_batch: "Step {step} | {time} | Reward {r:.4f} | ..."
-_STEP_LINE = re.compile(r"\bStep (\d+) \|[^|]*\| Reward (-?[0-9.]+(?:e-?\d+)?) \|")
 
 
 class EpisodeFileError(ValueError):
@@ -153,8 +147,3 @@ def steps_of_records(
         ambiguous += key in ambiguous_keys
         steps.append(queue.popleft())
     return StepMatch(steps, unmatched, ambiguous)
-
-
-def read_step_rewards(orchestrator_log: str) -> dict[int, float]:
-    """Per-step mean reward from prime-rl 559b447's orchestrator log text (``Step N | ...``)."""
-    return {int(m.group(1)): float(m.group(2)) for m in _STEP_LINE.finditer(orchestrator_log)}

@@ -1,5 +1,5 @@
-"""scripts/prime_rl_episodes.py without verifiers: the step line, the file layout, bad input.
-(The real episode format is tested in tests/v1/test_episodes.py, under verifiers v1.)"""
+"""Exact steps from prime-rl 559b447's episode files (``--episodes``), its step and eval lines,
+the file layout, bad input. (The real episode format: tests/v1/test_episodes.py, verifiers v1.)"""
 
 from __future__ import annotations
 
@@ -8,12 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from scripts.prime_rl_episodes import (
-    EpisodeFileError,
-    episode_files,
-    read_episode_rollouts,
-    read_step_rewards,
-)
+from calibrated_qa.analysis.cli import main
+from calibrated_qa.analysis.episodes import EpisodeFileError, episode_files, read_episode_rollouts
+from calibrated_qa.analysis.steps import read_orchestrator_eval_rewards, read_orchestrator_rewards
+from tests.fixtures.analysis.build import Rollout, project_record
 
 # As prime-rl 559b447 logs them (orchestrator.py: log_train_batch, finalize_eval_batch).
 ORCHESTRATOR_LOG = """\
@@ -47,8 +45,11 @@ def write(run: Path, step: int, split: str, lines: list[str], subset: str = "all
     return path
 
 
-def test_step_lines_of_the_new_format() -> None:
-    assert read_step_rewards(ORCHESTRATOR_LOG) == {0: 0.1234, 1: -0.05}  # not the eval line
+def test_step_and_eval_lines_of_the_new_format(tmp_path: Path) -> None:
+    log = tmp_path / "orchestrator.stdout"
+    log.write_text(ORCHESTRATOR_LOG)
+    assert read_orchestrator_rewards(log) == {0: 0.1234, 1: -0.05}  # not the eval line
+    assert read_orchestrator_eval_rewards(log) == [0.2]
 
 
 def test_files_by_step_split_and_subset(tmp_path: Path) -> None:
@@ -77,3 +78,39 @@ def test_a_torn_last_line_is_skipped_any_other_bad_line_named(tmp_path: Path) ->
         EpisodeFileError, match=rf"{path}:2: field 'task.data.idx' .* not of type int"
     ):
         read_episode_rollouts(tmp_path)
+
+
+def test_the_analysis_takes_each_record_s_step_from_the_episode_files(tmp_path: Path) -> None:
+    # 2 steps x 4 rollouts; workers interleave: the log's 4th record finished for step 1 and
+    # its 5th for step 0, so index // 4 would put both in the wrong step.
+    steps = [0, 0, 0, 1, 0, 1, 1, 1, 1]  # the last record: in flight after the last step
+    rollouts = [
+        Rollout(i, f"q{i}", i % 2 == 0, "YES" if s else "NO", pct=60 + i, split="train")
+        for i, s in enumerate(steps)
+    ]
+    log = tmp_path / "generations.jsonl"
+    log.write_text("".join(json.dumps(project_record(r)) + "\n" for r in rollouts))
+    run = tmp_path / "run"
+    for step in (0, 1):
+        lines = [
+            json.dumps(episode(r.example_id, r.completion)) + "\n"
+            for r, s in zip(rollouts[:-1], steps, strict=False)
+            if s == step
+        ]
+        write(run, step, "train", lines)
+    out = tmp_path / "out"
+    args = ["--generations", str(log), "--batch-size", "4", "--out", str(out), "--no-plots"]
+    assert main([*args, "--quiet", "--episodes", str(run), "--bootstrap", "20"]) == 0
+    table = (out / "metrics_by_step.csv").read_text().splitlines()
+    rows = [dict(zip(table[0].split(","), line.split(","), strict=True)) for line in table[1:]]
+    assert [(r["step"], r["n"], r["mean_p_yes"]) for r in rows] == [
+        ("0", "4", "0.3825"),  # NO at 60, 61, 62, 64%: P(YES) 0.40, 0.39, 0.38, 0.36
+        ("1", "4", "0.6525"),  # YES at 63, 65, 66, 67%
+    ]
+    summary = (out / "summary.md").read_text()
+    assert "exact: each record's step from prime-rl's episode files" in summary
+    assert "1 records match no episode" in summary
+    # the inferred attribution mixes the two steps
+    assert main([*args, "--quiet", "--max-steps", "2", "--bootstrap", "20"]) == 0
+    assert (out / "metrics_by_step.csv").read_text().splitlines()[1].split(",")[:2] == ["0", "4"]
+    assert "0.3825" not in (out / "metrics_by_step.csv").read_text()
