@@ -16,7 +16,7 @@ from calibrated_qa.analysis.convert import main as convert_main
 from calibrated_qa.analysis.convert import question_from_prompt
 from calibrated_qa.analysis.metrics import summarize
 from calibrated_qa.analysis.readers import AnalysisInputError, TornLineWarning, read_rollouts
-from calibrated_qa.records import RecordError
+from calibrated_qa.records import RecordError, validate_record
 from tests.fixtures.analysis.build import (
     Rollout,
     project_record,
@@ -175,6 +175,36 @@ def test_missing_field_is_an_error_naming_it(tmp_path: Path) -> None:
         read_rollouts([path], progress=False)
     done = analyze_cli("--generations", path, "--batch-size", "1", "--out", tmp_path / "o")
     assert done.returncode == 2 and "ground_truth" in done.stderr
+
+
+BAD_VALUES = [
+    {"schema": 2}, {"split": "dev"}, {"split": ["train"]}, {"ground_truth": True},
+    {"time": "now"}, {"pid": 1.5}, {"example_id": "3"}, {"question": None}, {"completion": 5},
+    {"parseable": "yes"}, {"correct": 1}, {"reward": 2.0}, {"length_penalty": 0.5},
+    {"calibration_reward": True}, {"length": None}, {"truncated": 0}, {"max_tokens": 512.0},
+    {"length_unit": "words"}, {"p_yes": None}, {"pct": 101}, {"pct": 80.0}, {"answer": "MAYBE"},
+    {"brier": None}, {"brier": 1.5}, {"p_yes": [0.8]}, {"completion_tokens": -1},
+    {"completion_tokens": True}, {"parseable": False},
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("bad", BAD_VALUES, ids=lambda bad: f"{bad}")
+def test_a_bad_value_anywhere_fails_as_validate_record_words_it(tmp_path: Path, bad: dict) -> None:
+    # Records are validated column by column after parsing; the error must still be the one
+    # validate_record gives for that record, with its file, line and field.
+    records = [project_record(r) for r in run(n_steps=2)]
+    records[21] |= bad
+    path = tmp_path / "p.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    with pytest.raises(RecordError) as expected:
+        validate_record(json.loads(json.dumps(records[21])), f"{path}:22")
+    with pytest.raises(RecordError) as raised:
+        read_rollouts([path], progress=False)
+    assert str(raised.value) == str(expected.value)
+    records[21] = project_record(run(n_steps=1)[0]) | {"length": math.inf}  # not JSON
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    with pytest.raises(AnalysisInputError, match=r"p\.jsonl:22: malformed line"):
+        read_rollouts([path], progress=False)
 
 
 def test_unknown_format_is_an_error(tmp_path: Path) -> None:

@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with open(args.out, "w", encoding="utf-8") as out:
             for path in args.inputs:
-                for _, _, record in records(path, split=args.split, max_tokens=args.max_tokens):
+                for _, record in records(path, split=args.split, max_tokens=args.max_tokens):
                     out.write(json.dumps(record, ensure_ascii=False) + "\n")
     except (AnalysisInputError, RecordError) as exc:
         print(f"error: {exc}", file=sys.stderr)

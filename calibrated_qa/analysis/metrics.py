@@ -271,14 +271,24 @@ def _plain(
     return finish(t.sums[0], t.levels, False) | {"bins": reliability(t.sums[0])}  # type: ignore[dict-item]
 
 
+def _block(p: ArrayLike, y: ArrayLike) -> NDArray[np.float64]:
+    """The tally sums of the P(YES) reliability block alone (what diagrams and ECE read)."""
+    p, y = np.asarray(p, dtype=np.float64), np.asarray(y)
+    if y.shape != p.shape or not np.all((y == 0) | (y == 1)):
+        raise ValueError("outcomes must be 0/1, one per probability")
+    out = np.zeros((1, _LEVELS))
+    _bins(out, 0, np.zeros(p.size, dtype=np.int64), p, y.astype(bool))
+    return out[0]
+
+
 def reliability_bins(p: ArrayLike, y: ArrayLike) -> tuple[NDArray, NDArray, NDArray]:
     """Per bin: count, mean predicted p, observed frequency (the reliability diagram's data)."""
-    return _plain(p, y)["bins"]  # type: ignore[return-value]
+    return reliability(_block(p, y))
 
 
 def expected_calibration_error(p: ArrayLike, y: ArrayLike) -> float:
     """ECE of probabilities ``p`` against 0/1 outcomes ``y``; NaN when there is nothing to bin."""
-    return _plain(p, y)["ece_pyes"]  # type: ignore[return-value]
+    return _ece(_block(p, y), 0)
 
 
 def brier(p: ArrayLike, y: ArrayLike) -> float:

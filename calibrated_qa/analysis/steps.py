@@ -161,7 +161,7 @@ def episode_steps(
     logged = (
         record
         for file_no, path in enumerate(files)
-        for number, _, record in records(path, skip_bad_lines=True)
+        for number, record in records(path, skip_bad_lines=True)
         if (file_no, number) in wanted
     )
     match = steps_of_records(logged, episodes)
