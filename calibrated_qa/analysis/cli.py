@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from calibrated_qa.analysis.bootstrap import DEFAULT_RESAMPLES
 from calibrated_qa.analysis.compare import compare, parse_spec, write_comparison
@@ -112,16 +114,13 @@ def _parser(doc: str) -> argparse.ArgumentParser:
 def run_shape(args: argparse.Namespace) -> RunShape:
     """The run shape from ``--config``, overridden by explicit options."""
     base = read_run_shape(args.config) if args.config else RunShape()
-    return RunShape(
-        batch_size=args.batch_size or base.batch_size,
-        rollouts_per_example=args.rollouts_per_example or base.rollouts_per_example,
-        eval_size=args.eval_size or base.eval_size,
-        eval_rollouts_per_example=args.eval_rollouts_per_example or base.eval_rollouts_per_example,
-        eval_interval=args.eval_interval or base.eval_interval,
-        eval_base_model=base.eval_base_model and not args.no_eval_base_model,
-        max_steps=args.max_steps or base.max_steps,
-        max_steps_source="--max-steps" if args.max_steps else base.max_steps_source,
-    )
+    names = [option[2:].replace("-", "_") for option in SHAPE_OPTIONS]
+    explicit: dict[str, Any] = {n: getattr(args, n) for n in names if getattr(args, n)}
+    if args.max_steps:
+        explicit["max_steps_source"] = "--max-steps"
+    if args.no_eval_base_model:
+        explicit["eval_base_model"] = False
+    return replace(base, **explicit)
 
 
 def analyze_parser() -> argparse.ArgumentParser:

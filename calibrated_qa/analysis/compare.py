@@ -1,16 +1,8 @@
 """Several eval logs side by side (e.g. base vs trained model): one table, one figure.
 
-Each ``LABEL=PATH`` is read in any of the three formats. An online eval log holds one round per
-evaluated checkpoint (see ``steps``): pick one with ``@STEP`` (the checkpoint, e.g. ``@0`` for the
-base model) or ``@final`` (the final eval after the last step; needs ``max_steps``), or pool all
-with ``@all``. A log with several rounds and no selector is an error, never silently pooled.
-
-Intervals resample whole questions where the format has question identity, single rollouts
-otherwise (stated in the table). Every label after the first also gets its difference from the
-first (delta) with a *paired* bootstrap interval: both logs are evaluated on the same questions, so
-each resample draws the questions once and weights both logs' rollouts of a question alike
-(questions matched by example id, or the original log's question text). Without identity no
-paired interval is possible and the table says so.
+``LABEL=PATH[@STEP|@final|@all]`` picks one eval round of a log (never pooled silently). Each
+label after the first gets its difference from the first with a *paired* bootstrap interval over
+the questions present in both (the questions are drawn once per resample for both logs).
 """
 
 from __future__ import annotations
@@ -97,13 +89,8 @@ class Entry:
 
 
 def _rounds_look_sequential(rollouts: Rollouts) -> int:
-    """Without the round structure: how many rounds the log looks like (1 unless obvious).
-
-    Online rounds with one rollout per question are sequential: every question appears once
-    before any appears again. A log where each question appears ``c > 1`` times that way is
-    ``c`` rounds; repeats that interleave (several rollouts per question in one offline run)
-    are one round.
-    """
+    """Without the round structure: how many rounds the log looks like (1 unless obvious:
+    each question appears c times, all first occurrences before any second one)."""
     if not rollouts.has_identity:
         return 1
     _, first, counts = np.unique(rollouts.question, return_index=True, return_counts=True)
@@ -219,11 +206,7 @@ def compare(
     strict_eval: bool = False,
     episodes: str | None = None,
 ) -> list[Entry]:
-    """Read and compute every compared log; labels must be unique.
-
-    Deltas pair the questions present in both logs (a failed eval rollout leaves one out) and
-    say how many were dropped; ``strict_eval`` makes a short round or a dropped question an error.
-    """
+    """Read and compute every compared log; labels must be unique."""
     labels = [s.label for s in specs]
     if len(set(labels)) != len(labels):
         raise AnalysisInputError(f"--compare labels must be unique, got {labels}")

@@ -1,17 +1,9 @@
-"""Exact training steps of generation-log records, from today's prime-rl's per-step episode files.
+"""Exact steps of generation-log records from prime-rl 559b447's per-step episode files.
 
-On the pinned stack the step of a record is inferred (``index // batch_size``, approximate; see
-``calibrated_qa/analysis/steps.py``). prime-rl 559b447's file monitor (``src/prime_rl/monitors/
-file.py``, ``FileMonitor.log_episodes``, on by default) writes every episode, as verifiers'
-``Episode.to_record()``, one JSON object per line, to
-
-    <output_dir>/rollouts/step_<N>/<train|eval>/<all|effective>/traces.jsonl
-
-``all`` holds every episode that finished for step N, ``effective`` those shipped to the trainer.
-An episode carries its task's data (``idx``: the record's ``example_id``) and its traces (each
-sampled assistant message: the record's ``completion``), so a record's step is looked up, not
-inferred: key ``(split, example_id, completion)``. Stdlib only (the v1 tests import it without
-numpy); ``steps.episode_steps`` applies it to a log (``--episodes RUN_DIR``).
+Its file monitor (``monitors/file.py``, ``FileMonitor.log_episodes``) writes every episode to
+``<output_dir>/rollouts/step_<N>/<train|eval>/<all|effective>/traces.jsonl``; a record's step is
+looked up by ``(split, example_id, completion)``, not inferred. Stdlib only (the v1 tests import
+it without numpy).
 """
 
 from __future__ import annotations
@@ -90,11 +82,7 @@ def _rollouts_of(record: Any, step: int, split: Split, where: str) -> list[Episo
 
 
 def read_episode_rollouts(run_dir: Path, subset: Subset = "all") -> list[EpisodeRollout]:
-    """Every trace in the run's episode files, in step order, then file order.
-
-    A torn last line (a writer killed mid-line: no final newline) is skipped; any other line
-    that is not an episode record is an error naming the file, line and field.
-    """
+    """Every trace in the run's episode files, in step order, then file order."""
     rollouts: list[EpisodeRollout] = []
     for step, split, path in episode_files(run_dir, subset):
         text = path.read_text(encoding="utf-8")
@@ -124,12 +112,8 @@ class StepMatch:
 def steps_of_records(
     records: Iterable[Mapping[str, Any]], rollouts: Sequence[EpisodeRollout]
 ) -> StepMatch:
-    """The exact step of each generation-log record (schema 1), looked up in ``rollouts``.
-
-    Identical keys (the same question answered with the same text) are assigned to their steps
-    in order: records are appended, and episode files written, as rollouts finish. Only traces
-    that were scored (``ok``) are candidates, as only those are logged.
-    """
+    """The exact step of each generation-log record (schema 1), looked up in ``rollouts``;
+    identical keys are assigned in order (records and episodes are written as rollouts finish)."""
     by_key: dict[tuple[str, int, str], deque[int]] = defaultdict(deque)
     for rollout in rollouts:
         if rollout.ok:

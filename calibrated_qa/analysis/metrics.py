@@ -1,15 +1,9 @@
 """Calibration metrics: the one definition of each number the analysis reports.
 
-Every metric is a ratio of sums over rollouts (or over question groups, for the self-ensemble).
-``tally`` adds those sums up per *unit* (a step, a question, a rollout) and ``finish`` turns one
-vector of sums into plain floats. A step's metrics are ``finish`` of its units' summed tally; a
-bootstrap resample is ``finish`` of the units' tally weighted by how often each unit was drawn
-(``bootstrap``), so resampling never needs a second definition of any metric.
-
-The definitions are written once, in ``DEFINITIONS`` (printed into every report). Prediction,
-correctness and confidence are ``calibrated_qa.reward``'s (the side of P(YES), never the answer
-word); Brier is the records' own; ECE bins the *integer percent* ``round(100 p)`` (with float
-edges 0.3 and 0.6 would fall into the bin below).
+Every metric is a ratio of sums: ``tally`` adds the sums up per unit (step, question, rollout),
+``finish`` turns one vector of sums into plain floats, so a step, a bootstrap resample (weighted
+units) and a diagram all share one definition. The definitions are written once, in
+``DEFINITIONS`` (printed into every report).
 """
 
 from __future__ import annotations
@@ -77,11 +71,8 @@ _LEVELS = _BINS + 9 * N_BINS
 
 
 def percent_bin(p: ArrayLike) -> NDArray[np.int64]:
-    """Bin index 0..9 of each probability: integer percent ``round(100 p)`` half up, then // 10.
-
-    ``np.round(., 6)`` first removes float noise (``1 - 0.7`` is 0.30000000000000004) so a stated
-    30% always lands in [30, 40); 100% lands in the last, closed bin.
-    """
+    """Bin index 0..9 of each probability: integer percent ``round(100 p)`` half up, then // 10
+    (rounded to 6 places first: ``1 - 0.7`` must land in [30, 40))."""
     arr = np.asarray(p, dtype=np.float64)
     if arr.ndim != 1 or not np.all((arr >= 0) & (arr <= 1)):  # also rejects NaN
         raise ValueError("probabilities must be a 1-D array in [0, 1] (drop unparseable first)")
@@ -108,10 +99,7 @@ def _bins(out: NDArray[np.float64], block: int, unit: NDArray, p: NDArray, y: ND
 
 
 def tally(r: Rollouts, unit: NDArray[np.int64], n_units: int) -> Tally:
-    """The sums of every metric per unit (``unit`` gives each rollout its unit in range(n_units)).
-
-    The self-ensemble groups rollouts by (step, question); each group must lie in one unit.
-    """
+    """The sums of every metric per unit (``unit``: each rollout's unit in range(n_units))."""
     ok = r.parseable
     levels, level = np.unique(r.confidence[ok], return_inverse=True)
     out = np.zeros((n_units, _LEVELS + 2 * levels.size))
@@ -155,11 +143,7 @@ def question_groups(r: Rollouts) -> tuple[NDArray[np.int64], int]:
 def ensemble(
     r: Rollouts, unit: NDArray[np.int64] | None = None
 ) -> tuple[NDArray[np.float64], NDArray[np.bool_], NDArray[np.int64], int]:
-    """Self-ensemble: mean P(YES) over the parseable rollouts of each (step, question) group.
-
-    Returns (mean P(YES), truth, the group's unit, groups without a parseable rollout). Grouping
-    is by question identity, so interleaved appends from several workers cannot mix questions.
-    """
+    """Self-ensemble: mean P(YES) over the parseable rollouts of each (step, question) group."""
     group, n_groups = question_groups(r)
     ok = r.parseable
     n_ok = np.bincount(group[ok], minlength=n_groups)

@@ -99,11 +99,7 @@ def reliability_grid(
     title: str,
     labels: Sequence[tuple[str, str]],
 ) -> None:
-    """Reliability diagrams: one row of panels per entry of ``rows``, axis labels per row.
-
-    A single row wraps into a grid of at most 4 columns. Bars: observed frequency per bin;
-    line: mean stated probability vs frequency; numbers at the foot: rollouts in the bin.
-    """
+    """Reliability diagrams: one row of panels per entry of ``rows``, axis labels per row."""
     if len(rows) == 1:
         cols = max(1, min(4, len(rows[0])))
         items = [(p, *labels[0]) for p in rows[0]]

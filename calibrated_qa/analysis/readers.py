@@ -1,11 +1,7 @@
-"""Read a generation log into columns, streaming and validating at the edge.
+"""Read a generation log into numpy columns, validating at the edge.
 
-One schema: this project's record (``calibrated_qa.records``, validated by ``validate_record``).
-The original recipe's formats are detected from the first line (after gzip detection by magic
-bytes) and converted record by record by ``convert`` before they reach the same code.
-Correctness and confidence come from ``calibrated_qa.reward`` (``is_correct``,
-``answer_confidence``: the side of P(YES), not the answer word); completion texts are never
-kept, so memory does not grow with completion length. Rollouts are keyed by ``example_id``.
+One schema (``calibrated_qa.records``); the original formats are converted first (``convert``).
+Completion texts are never kept, so memory does not grow with completion length.
 """
 
 from __future__ import annotations
@@ -193,14 +189,7 @@ def batches(
     report: ReadReport | None = None,
     skip_bad_lines: bool = False,
 ) -> Iterator[tuple[list[int], list[Any]]]:
-    """(line numbers, parsed lines) of one file in this project's schema (not yet validated).
-
-    This project's log is parsed a block at a time as one JSON array (one ``loads`` call for
-    dozens of lines); a block that does not parse line for line is parsed line by line, which
-    names the bad line. The original formats are converted record by record (``split`` and
-    ``max_tokens`` are what they do not record). A torn last line warns; a malformed line is an
-    error unless ``skip_bad_lines``.
-    """
+    """(line numbers, parsed lines) of one file in this project's schema (not yet validated)."""
     path = Path(path)
     fmt = detect_format(path)
     report = report or ReadReport([str(path)], fmt)
@@ -360,14 +349,7 @@ def read_rollouts(
     skip_bad_lines: bool = False,
     progress: bool = True,
 ) -> tuple[Rollouts, ReadReport]:
-    """Read one log, or several files in order (a resumed run), into columns.
-
-    ``split`` keeps only records of that split (the original formats record none: all are
-    taken as ``split``). Raises ``AnalysisInputError`` (or ``RecordError``) on input that would
-    make the output wrong: an empty file, a malformed line in the middle (unless
-    ``skip_bad_lines``), a missing field, mixed formats, an unknown format. Records are
-    validated a batch at a time, column by column (``_all_valid``).
-    """
+    """Read one log, or several files in order (a resumed run), into columns."""
     if not paths:
         raise AnalysisInputError("no input files given")
     formats = {str(path): detect_format(path) for path in paths}
@@ -434,9 +416,5 @@ def read_rollouts(
 
 
 def read_lines(path: str | os.PathLike[str], wanted: set[int]) -> dict[int, dict[str, Any]]:
-    """The records at the given line numbers of one log (a second, targeted pass).
-
-    For tools that need full records, completions included (``sample_generations``): the first
-    pass (``read_rollouts``) keeps no text, this one keeps only the lines asked for.
-    """
+    """The records at the given line numbers of one log (a second, targeted pass)."""
     return {n: record for n, record in records(path) if n in wanted}

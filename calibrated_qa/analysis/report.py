@@ -92,11 +92,7 @@ class Analysis:
 
 
 def _orchestrator_rewards(options: Options, rows: list[dict[str, float]]) -> dict[int, float]:
-    """Per-step rewards of the orchestrator log; for the eval split, its per-round eval rewards.
-
-    The eval split is never compared with training-step rewards: the i-th ``Evaluated ...
-    (Avg@k=x`` line of the log is matched with the i-th eval round of the generation log.
-    """
+    """Per-step rewards of the orchestrator log; for the eval split, its per-round eval rewards."""
     assert options.orchestrator_log is not None
     if options.split != "eval":
         return read_orchestrator_rewards(options.orchestrator_log)
@@ -205,11 +201,7 @@ def write_metrics_by_step(result: Analysis, path: Path) -> None:
 
 def _texts(values: np.ndarray, keep: np.ndarray | None = None) -> list[str]:
     """The CSV text of each value: ``repr`` of the Python value (round-trip exact for floats,
-    as ``csv`` writes them), "" where ``keep`` is False (a value that does not exist).
-
-    Each distinct value is formatted once (probabilities, lengths and rewards repeat a lot);
-    floats are told apart by their bits, so -0.0 and 0.0 keep their own text.
-    """
+    as ``csv`` writes them), "" where ``keep`` is False (a value that does not exist)."""
     key = values.view(np.int64) if values.dtype == np.float64 else values
     _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
     distinct = [repr(v) for v in values[first].tolist()]
@@ -220,11 +212,7 @@ def _texts(values: np.ndarray, keep: np.ndarray | None = None) -> list[str]:
 
 
 def write_rollouts_csv(rollouts: Rollouts, path: Path) -> None:
-    """``calibration_metrics.csv``: the original per-rollout columns with a true ``parseable``.
-
-    Plus step, length, length_penalty, the question id (empty without identity), correctness and
-    confidence. Values that do not exist (P(YES) of an unparseable rollout) are left empty.
-    """
+    """``calibration_metrics.csv``: the original per-rollout columns with a true ``parseable``."""
     header = "index,step,reward,brier_score,p_yes,ground_truth,parseable,length,length_penalty,"
     header += "question_id,correct,confidence"
     ok = rollouts.parseable

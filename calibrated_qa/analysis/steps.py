@@ -1,31 +1,11 @@
 """Which training step (or eval round) each rollout belongs to, and how sure we can be.
 
-The environment cannot see the training step. Records are appended in completion order and the
-orchestrator consumes ``batch_size`` rollouts per step, so ``index // batch_size`` is the usual
-attribution. It is approximate: 4 env-server workers interleave their appends, so rollouts near a
-step boundary can land in the neighbouring step. Two cross-checks make the error visible:
-
-- the orchestrator's own per-step mean reward (``SUCCESS Step N | ... | Reward: x`` lines of its
-  stdout, or the reference run's ``orchestrator_steps.tsv``) against the attributed mean;
-- with question identity, how many (step, question) groups do not hold exactly
-  ``rollouts_per_example`` rollouts (a clean attribution leaves none).
-
-Records past the last step: prime-rl keeps up to ``max_inflight_rollouts`` (``batch_size`` by
-default) rollouts in flight; those that finish after the last step (e.g. during the final eval)
-are still logged. When ``max_steps`` is known (the config's top-level ``max_steps`` or
-``--max-steps``) only the first ``max_steps x batch_size`` records are attributed; the surplus is
-counted and reported, never turned into an extra step.
-
-Eval logs (prime-rl 6cae5cc, ``orchestrator.py`` + ``eval_utils.compute_eval_ckpt_step``, with
-``max_async_level = 0``): at the top of training step ``s`` the loaded checkpoint is ``s - 1``
-(``0`` at step 0), and an eval runs when ``compute_eval_ckpt_step`` says so. So the base model
-(checkpoint 0) is evaluated at step 0 when ``eval_base_model``, checkpoint ``k x interval`` at the
-top of step ``k x interval + 1`` (only while that step is ``< max_steps``: checkpoint
-``k x interval <= max_steps - 2``), and after the loop a *final* eval runs on checkpoint
-``max_steps - 1`` (the loop's last ``ckpt_step``; the weights of step ``max_steps`` may arrive
-mid-round). Each round is ``num_examples x rollouts_per_example`` records, appended in order.
-Rounds are labelled by the checkpoint they evaluate: 0, interval, 2 x interval, ..., and the final
-round ``max_steps - 1`` (named ``final``; it never collides with an online round).
+The environment cannot see the step: ``index // batch_size`` in log order is approximate (4
+env-server workers interleave appends), so it is cross-checked against the orchestrator's
+per-step reward and by counting (step, question) groups of the wrong size. Records past
+``max_steps x batch_size`` (still in flight at the end) are counted and left out. Eval rounds are
+labelled by the checkpoint they evaluate (prime-rl 6cae5cc's cadence:
+``run_config.eval_checkpoints``). Exact steps come from prime-rl 559b447's episode files.
 """
 
 from __future__ import annotations
@@ -89,11 +69,7 @@ class RunShape:
 
 
 def read_run_shape(path: str | os.PathLike[str]) -> RunShape:
-    """Batch size, rollouts per example, max_tokens and eval cadence from a prime-rl TOML config.
-
-    Accepts the combined ``rl`` config and a bare orchestrator config; the keys are read by
-    ``calibrated_qa.run_config``, the one reader of a run config.
-    """
+    """Batch size, rollouts per example, max_tokens and eval cadence from a prime-rl TOML config."""
     try:
         return _shape(read_run_config(path))
     except RunConfigError as exc:
@@ -142,11 +118,7 @@ EXACT = "exact: each record's step from prime-rl's episode files (--episodes)"
 def episode_steps(
     rollouts: Rollouts, files: Sequence[str], run_dir: str | os.PathLike[str]
 ) -> tuple[Rollouts, list[str]]:
-    """The rollouts with their exact step from prime-rl 559b447's episode files in ``run_dir``.
-
-    A second pass over the log reads the completions (the first keeps no text). Records that
-    no episode holds (e.g. still in flight at the end) are left out and counted in a warning.
-    """
+    """The rollouts with their exact step from prime-rl 559b447's episode files in ``run_dir``."""
     try:
         episodes = read_episode_rollouts(Path(run_dir))
     except EpisodeFileError as exc:
@@ -189,11 +161,7 @@ def has_own_steps(rollouts: Rollouts) -> bool:
 def truncate_to_max_steps(
     rollouts: Rollouts, batch_size: int | None, max_steps: int | None, source: str
 ) -> tuple[Rollouts, int, str | None]:
-    """The records of the first ``max_steps`` steps, the surplus count, and a sentence about it.
-
-    For this project's log and the original log: the first ``max_steps x batch_size`` records (in
-    log order), before any multiple-of-batch check. For the CSV: rows with ``step < max_steps``.
-    """
+    """The records of the first ``max_steps`` steps, the surplus count, and a sentence about it."""
     if max_steps is None:
         return rollouts, 0, None
     if has_own_steps(rollouts):
@@ -224,12 +192,7 @@ def truncate_to_max_steps(
 def attribute_steps(
     rollouts: Rollouts, batch_size: int | None, *, allow_partial: bool = False
 ) -> Attribution:
-    """Set ``rollouts.step`` to ``index // batch_size`` (in place), unless the format has steps.
-
-    A record count that is not a multiple of ``batch_size`` means either a wrong batch size or a
-    run that stopped mid-step; it is an error unless ``allow_partial`` (then the last step is
-    flagged partial). Records past ``max_steps`` must be cut first (``truncate_to_max_steps``).
-    """
+    """Set ``rollouts.step`` to ``index // batch_size`` (in place), unless the format has steps."""
     if has_own_steps(rollouts) and rollouts.fmt == "project":
         return Attribution(EXACT)
     if has_own_steps(rollouts):
@@ -262,14 +225,11 @@ def attribute_steps(
 
 
 def _round_starts(rollouts: Rollouts, per_question: int) -> list[int]:
-    """Where each eval round starts in log order, by question identity (robust to missing records).
+    """Where each eval round starts: a question seen ``per_question`` times opens the next round.
 
-    A round holds each question at most ``per_question`` times, and rounds follow one another
-    (prime-rl awaits a whole round before training on), so a question seen ``per_question``
-    times already opens the next round. A short round (a rollout failed: eval runs with
-    ``max_retries=0``) would then swallow the next round's first records of its missing
-    questions; when the records carry times, such a boundary moves back to the largest time gap
-    among the records that could still belong to the next round (rounds are separated by training).
+    A short round (eval runs with ``max_retries=0``) would swallow the next round's first records
+    of its missing questions; with record times, the boundary moves back to the largest time gap
+    among the records that could still belong to the next round (training runs between rounds).
     """
     question, time = rollouts.question, rollouts.time
     starts, seen = [0], defaultdict(int)
@@ -306,11 +266,8 @@ def attribute_eval_rounds(
 ) -> Attribution:
     """Set ``rollouts.step`` to the checkpoint each record's eval round evaluates (in place).
 
-    Rounds are found by question identity (``_round_starts``) when the log has it and
-    ``rollouts_per_example`` is known, else by position (``eval_size`` records each). A short
-    round is a warning (an error when ``strict``), a round larger than expected an error. The
-    expected size is ``eval_size``, or (``num_examples = -1``) the distinct questions x
-    ``rollouts_per_example``. Labels: see the module docstring.
+    Rounds by question identity when ``rollouts_per_example`` is known, else by position; a
+    short round is a warning (an error when ``strict``), a larger one an error.
     """
     n = len(rollouts)
     by_identity = bool(rollouts_per_example) and rollouts.has_identity
@@ -404,10 +361,7 @@ def read_orchestrator_rewards(path: str | os.PathLike[str]) -> dict[int, float]:
 
 
 def read_orchestrator_eval_rewards(path: str | os.PathLike[str]) -> list[float]:
-    """Mean reward of each eval round, in order, from prime-rl's ``Evaluated ... (Avg@k=x`` lines.
-
-    One eval environment only (this project's); a log with several names is refused.
-    """
+    """Mean reward of each eval round, in order, from prime-rl's ``Evaluated ...`` lines."""
     source = Path(path)
     found = [(m.group(1), float(m.group(2))) for m in _EVAL_LINE.finditer(_log_text(source))]
     names = sorted({name for name, _ in found})
@@ -434,13 +388,7 @@ def attribute(
     episodes: str | None = None,
     files: Sequence[str] = (),
 ) -> tuple[Rollouts, Attribution]:
-    """Steps (train) or eval rounds (eval) for every rollout: the one path both CLIs take.
-
-    With ``episodes`` (a prime-rl 559b447 run dir) the steps are exact (``episode_steps``; an
-    eval round is the step it ran at). Otherwise, training: records past ``max_steps x
-    batch_size`` are cut and counted first, then ``attribute_steps``; eval (not the CSV, which
-    has its own step column): ``attribute_eval_rounds``.
-    """
+    """Steps (train) or eval rounds (eval) for every rollout: the one path both CLIs take."""
     warnings: list[str] = []
     if episodes is not None:
         rollouts, warnings = episode_steps(rollouts, files, episodes)
