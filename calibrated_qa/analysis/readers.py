@@ -256,7 +256,8 @@ def _bad(report: ReadReport, where: str, exc: Exception, skip: bool) -> None:
 # Every field but the texts, which are type-checked and never kept.
 _KEPT = tuple(name for name in RECORD_FIELDS if name not in ("question", "completion"))
 _GET, _TEXTS = itemgetter(*_KEPT), (itemgetter("question"), itemgetter("completion"))
-_EXACT_TYPES = {int: {int}, float: {int, float}, str: {str}, bool: {bool}}  # JSON's own types
+_NUMBER = {int, float}
+_EXACT_TYPES = {int: {int}, float: _NUMBER, str: {str}, bool: {bool}}  # JSON's own types
 
 
 def _all_valid(col: dict[str, Sequence[Any]]) -> bool:
@@ -281,24 +282,23 @@ def _all_valid(col: dict[str, Sequence[Any]]) -> bool:
         ok, not_ok = parse.tolist(), (~parse).tolist()
         if not set(compress(col["answer"], ok)) <= {"YES", "NO"}:
             return False
-        for name, kind, high in (("pct", {int}, 100), ("p_yes", {int, float}, 1)):
+        for name, kind, high in (("pct", {int}, 100), ("p_yes", _NUMBER, 1), ("brier", _NUMBER, 1)):
             values = list(compress(col[name], ok))
-            if not set(map(type, values)) <= kind or not min(values, default=0) >= 0:
+            if not set(map(type, values)) <= kind:
                 return False
-            if max(values, default=0) > high:
+            array = np.asarray(values, dtype=np.float64)  # NaN fails both comparisons
+            if not np.all((array >= 0) & (array <= high)):
                 return False
-        brier = list(compress(col["brier"], ok))
-        if not set(map(type, brier)) <= {int, float} or not min(brier, default=0) >= 0:
-            return False
-        if max(brier, default=0) > 1:
-            return False
         for name in ("pct", "answer", "brier"):
             if not set(compress(col[name], not_ok)) <= {None}:
                 return False
         tokens = [t for t in col["completion_tokens"] if t is not None]
         if not set(map(type, tokens)) <= {int} or min(tokens, default=0) < 0:
             return False
-    except TypeError:  # an unhashable or unorderable value: a list or dict where a scalar belongs
+    except (
+        TypeError,
+        ValueError,
+    ):  # an unhashable or unorderable value: a list or dict where a scalar belongs
         return False
     return bool(np.all(np.isfinite(np.asarray(col["length"], dtype=np.float64))))
 
