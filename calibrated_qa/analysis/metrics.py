@@ -14,7 +14,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from calibrated_qa.analysis.readers import Rollouts
-from calibrated_qa.reward import answer_confidence, brier_score, is_correct
+from calibrated_qa.reward import brier_score
 
 N_BINS = 10
 # A length penalty below -PENALTY_TOLERANCE counts as "penalized"; the reference CSV stores rewards
@@ -227,34 +227,6 @@ def step_rows(r: Rollouts) -> list[dict[str, float]]:
     return rows
 
 
-def _plain(
-    p: ArrayLike, y: ArrayLike, score: ArrayLike | None = None, label: ArrayLike | None = None
-) -> dict[str, float | NDArray[np.float64]]:
-    """Every metric and the first reliability block of parseable rollouts given as plain arrays:
-    P(YES) and 0/1 outcomes, with the confidence/correctness pair (``score``/``label``) derived
-    from them as the readers do, or given (for AUROC of any score in [0, 1])."""
-    p, y = np.asarray(p, dtype=np.float64), np.asarray(y)
-    percent_bin(p)  # validates
-    if y.shape != p.shape or not np.all((y == 0) | (y == 1)):
-        raise ValueError("outcomes must be 0/1, one per probability")
-    y = y.astype(bool)
-    n, zeros, pairs = p.size, np.zeros(p.size), list(zip(p.tolist(), y.tolist(), strict=True))
-    if score is None:  # as the readers derive them, from calibrated_qa.reward
-        score = [answer_confidence(q) for q, _ in pairs]
-        label = [is_correct(q, t) for q, t in pairs]
-    r = Rollouts(
-        index=np.arange(n), file=zeros.astype(int), line=zeros.astype(int),
-        step=zeros.astype(int), question=np.full(n, -1), y=y, parseable=np.ones(n, bool),
-        correct=np.asarray(label).astype(bool), p_yes=p,
-        confidence=np.asarray(score, dtype=np.float64),
-        brier=np.array([brier_score(q, t) for q, t in pairs]),
-        reward=zeros, calibration_reward=zeros, length_penalty=zeros, length=zeros, time=zeros,
-    )  # fmt: skip
-    percent_bin(r.confidence)  # validates a given score
-    t = tally(r, np.zeros(n, dtype=np.int64), 1)
-    return finish(t.sums[0], t.levels, False) | {"bins": reliability(t.sums[0])}  # type: ignore[dict-item]
-
-
 def _block(p: ArrayLike, y: ArrayLike) -> NDArray[np.float64]:
     """The tally sums of the P(YES) reliability block alone (what diagrams and ECE read)."""
     p, y = np.asarray(p, dtype=np.float64), np.asarray(y)
@@ -273,14 +245,3 @@ def reliability_bins(p: ArrayLike, y: ArrayLike) -> tuple[NDArray, NDArray, NDAr
 def expected_calibration_error(p: ArrayLike, y: ArrayLike) -> float:
     """ECE of probabilities ``p`` against 0/1 outcomes ``y``; NaN when there is nothing to bin."""
     return _ece(_block(p, y), 0)
-
-
-def brier(p: ArrayLike, y: ArrayLike) -> float:
-    """Mean Brier score of ``p`` against 0/1 outcomes ``y``; NaN without rollouts."""
-    return _plain(p, y)["brier"]  # type: ignore[return-value]
-
-
-def auroc(score: ArrayLike, label: ArrayLike) -> float:
-    """AUROC of ``score`` (in [0, 1]) for 0/1 ``label``; NaN with one class (undefined)."""
-    s = np.asarray(score, dtype=np.float64)
-    return _plain(np.zeros(s.size), np.zeros(s.size), s, label)["auroc"]  # type: ignore[return-value]
