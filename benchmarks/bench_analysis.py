@@ -236,7 +236,8 @@ def render(rows: list[dict], repeats: int, load_before: tuple, load_after: tuple
     lines += [
         "",
         "- json / orjson loop: decompress + `json.loads` / `orjson.loads` of every line, nothing "
-        "kept (the python process's start-up included, as in the other columns).",
+        "kept. Every column is timed inside its process, from before the analysis's imports "
+        "(numpy, matplotlib) to the last file written; the interpreter's own start-up is in none.",
         "- metrics: `analyze_calibration.py --no-plots` end to end, in-process (imports, read "
         "and validate every record, step attribution, every metric, two 1,000-resample question "
         "bootstraps, both CSVs, summary.md). all plots: the same plus the four figures.",

@@ -200,14 +200,20 @@ def batches(
     size = 0
     for first, block, newlines in _blocks(path):
         size += len(block)
-        if fmt == "project":
+        if fmt != "original-csv":
             body = block[:-1] if newlines else block  # a block ends with its newline
+            lines = range(first, first + max(newlines, 1))
             try:
                 parsed = loads(b"[" + body.replace(b"\n", b",") + b"]")
-            except (JSONDecodeError, UnicodeDecodeError):
+                if fmt == "original-log" and len(parsed) == len(lines):
+                    parsed = [
+                        convert.from_original_log(obj, f"{path}:{n}", as_split, max_tokens)
+                        for n, obj in zip(lines, parsed, strict=True)
+                    ]
+            except (JSONDecodeError, UnicodeDecodeError, RecordError):
                 parsed = []
-            if len(parsed) == max(newlines, 1):  # one value per line
-                numbers += range(first, first + len(parsed))
+            if len(parsed) == len(lines):  # one value per line
+                numbers += lines
                 objs += parsed
                 block = b""  # done; else a bad, blank or torn line: line by line below
         for number, line in enumerate(block.splitlines(keepends=True), first):
