@@ -173,11 +173,11 @@ def reliability(sums: NDArray[np.float64], block: int = 0) -> tuple[NDArray, NDA
         )
 
 
-def _ece(sums: NDArray[np.float64], block: int) -> float:
-    # sum_b n_b/n |mean p_b - freq_b| = sum_b |sum p_b - sum y_b| / n
-    start = _BINS + 3 * block * N_BINS
-    count, sum_p, sum_y = sums[start : start + 3 * N_BINS].reshape(3, N_BINS)
-    return _ratio(float(np.abs(sum_p - sum_y).sum()), float(count.sum()))
+def _eces(sums: NDArray[np.float64]) -> list[float]:
+    """ECE of each bin block: sum_b n_b/n |mean p_b - freq_b| = sum_b |sum p_b - sum y_b| / n."""
+    count, sum_p, sum_y = sums[_BINS:_LEVELS].reshape(3, 3, N_BINS).transpose(1, 0, 2)
+    gaps, n = np.abs(sum_p - sum_y).sum(axis=1).tolist(), count.sum(axis=1).tolist()
+    return [_ratio(gap, total) for gap, total in zip(gaps, n, strict=True)]
 
 
 def _auroc(pos: NDArray[np.float64], neg: NDArray[np.float64]) -> float:
@@ -191,11 +191,12 @@ def finish(sums: NDArray[np.float64], levels: int, identity: bool = True) -> dic
     n, ok, groups = s["n"], s["parseable"], s["groups"]
     pos, neg = sums[_LEVELS : _LEVELS + levels], sums[_LEVELS + levels : _LEVELS + 2 * levels]
     nan = float("nan")
+    ece_pyes, ece_conf, ece_ensemble = _eces(sums)
     return {
         "parse_rate": _ratio(ok, n),
         "accuracy": _ratio(s["correct"], n),
-        "ece_pyes": _ece(sums, 0),
-        "ece_conf": _ece(sums, 1),
+        "ece_pyes": ece_pyes,
+        "ece_conf": ece_conf,
         "brier": _ratio(s["brier"], ok),
         "auroc": _auroc(pos, neg),
         "reward": _ratio(s["reward"], n),
@@ -205,7 +206,7 @@ def finish(sums: NDArray[np.float64], levels: int, identity: bool = True) -> dic
         "penalized_frac": _ratio(s["penalized"], n),
         "mean_p_yes": _ratio(s["p_yes"], ok),
         "ensemble_brier": _ratio(s["ensemble_brier"], groups) if identity else nan,
-        "ensemble_ece_pyes": _ece(sums, 2) if identity else nan,
+        "ensemble_ece_pyes": ece_ensemble if identity else nan,
     }
 
 
@@ -244,4 +245,4 @@ def reliability_bins(p: ArrayLike, y: ArrayLike) -> tuple[NDArray, NDArray, NDAr
 
 def expected_calibration_error(p: ArrayLike, y: ArrayLike) -> float:
     """ECE of probabilities ``p`` against 0/1 outcomes ``y``; NaN when there is nothing to bin."""
-    return _ece(_block(p, y), 0)
+    return _eces(_block(p, y))[0]
