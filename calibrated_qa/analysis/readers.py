@@ -13,7 +13,7 @@ import os
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields
-from itertools import compress
+from itertools import compress, repeat
 from json import JSONDecodeError
 from operator import itemgetter
 from pathlib import Path
@@ -383,8 +383,8 @@ def read_rollouts(
             if texts != {str}:
                 _raise_first_invalid(objs, numbers, path)
             col = dict(zip(_KEPT, zip(*rows, strict=True), strict=True))
-            step = [o.get("step", -1) for o in objs]  # the original CSV (or its conversion)
-            if split is not None:
+            step = list(map(dict.get, objs, repeat("step"), repeat(-1)))  # the original CSV's
+            if split is not None and set(col["split"]) != {split}:
                 keep = [s == split or s not in SPLITS for s in col["split"]]
                 report.other_split += keep.count(False)
                 if not all(keep):
