@@ -344,10 +344,12 @@ def test_a_missing_question_first_in_the_next_round_stays_in_its_round(tmp_path:
     # round 0; the time gap between rounds (training ran in between) puts it back in round 1.
     log = _eval_log(tmp_path, [[0, 1, 3], [2, 0, 1, 3], [0, 1, 2, 3]])
     assert _rounds(log)[0] == [3, 4, 4]
-    # without times (a converted log) the boundary stays where identity puts it
+    # without times (a converted log), or with no gap to go by, the boundary stays where
+    # identity puts it
     lines = [json.loads(line) for line in log.read_text().splitlines()]
-    log.write_text("".join(json.dumps(r | {"time": 0}) + "\n" for r in lines))
-    assert _rounds(log)[0] == [4, 3, 4]
+    for time in (0, 1.7e9):
+        log.write_text("".join(json.dumps(r | {"time": time}) + "\n" for r in lines))
+        assert _rounds(log)[0] == [4, 3, 4]
 
 
 def test_an_eval_round_larger_than_expected_is_an_error(tmp_path: Path) -> None:

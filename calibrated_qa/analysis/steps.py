@@ -250,7 +250,7 @@ def _round_starts(rollouts: Rollouts, per_question: int) -> list[int]:
             j -= 1
             following[int(question[j])] += 1
         gaps = time[j : b + 1] - time[j - 1 : b]
-        starts[k] = j + int(np.argmax(gaps))
+        starts[k] = b - int(np.argmax(gaps[::-1]))  # on a tie, identity's boundary stays
     return starts
 
 
