@@ -20,7 +20,6 @@ from calibrated_qa.analysis.steps import (
     read_orchestrator_eval_rewards,
     read_orchestrator_rewards,
     read_run_shape,
-    run_shape_from_dict,
 )
 from calibrated_qa.run_config import EvalSchedule
 from tests.conftest import pinned_prime_rl_source
@@ -241,18 +240,24 @@ def test_config_nested_and_top_level(tmp_path: Path) -> None:
         read_run_shape(bad)
 
 
-def test_run_shape_from_dict_applies_prime_rl_eval_defaults() -> None:
-    shape = run_shape_from_dict({"orchestrator": {"eval": {"env": [{"id": "x"}]}}}, "c")
-    assert shape.has_eval and (shape.eval_interval, shape.eval_base_model) == (100, True)
+def test_run_shape_applies_prime_rl_eval_defaults(tmp_path: Path) -> None:
+    def shape_of(text: str) -> RunShape:
+        (tmp_path / "c.toml").write_text(text)
+        return read_run_shape(tmp_path / "c.toml")
+
+    shape = shape_of('[[orchestrator.eval.env]]\nid = "x"\n')
+    assert (shape.eval_interval, shape.eval_base_model) == (100, True)
     assert (shape.eval_size, shape.eval_rollouts_per_example) == (None, 1)
-    env = {"id": "x", "num_examples": 5, "rollouts_per_example": 2}
-    shape = run_shape_from_dict({"orchestrator": {"eval": {"num_examples": 9, "env": [env]}}}, "c")
+    shape = shape_of(
+        '[orchestrator.eval]\nnum_examples = 9\n[[orchestrator.eval.env]]\nid = "x"\n'
+        "num_examples = 5\nrollouts_per_example = 2\n"
+    )
     assert shape.eval_size == 10  # a single eval env's values override the table's
-    assert not run_shape_from_dict({"orchestrator": {}}, "c").has_eval
+    assert shape_of("[orchestrator]\n").eval_interval is None
     with pytest.raises(
-        AnalysisInputError, match=r"c: \[orchestrator.eval\] interval must be a positive integer"
+        AnalysisInputError, match=r"c.toml: \[orchestrator.eval\] interval must be a positive"
     ):
-        run_shape_from_dict({"orchestrator": {"eval": {"interval": 0}}}, "c")
+        shape_of("[orchestrator.eval]\ninterval = 0\n")
 
 
 def test_self_ensemble_groups_by_question_not_adjacent_lines(tmp_path: Path) -> None:

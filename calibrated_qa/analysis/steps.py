@@ -14,10 +14,9 @@ import csv
 import os
 import re
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -33,7 +32,6 @@ from calibrated_qa.run_config import (
     RunConfig,
     RunConfigError,
     eval_checkpoints,
-    parse_run_config,
     read_run_config,
 )
 
@@ -62,24 +60,11 @@ class RunShape:
     max_steps: int | None = None  # training steps of the run (top-level max_steps)
     max_steps_source: str = "--max-steps"  # where max_steps came from, for the report
 
-    @property
-    def has_eval(self) -> bool:
-        """The config has an ``[orchestrator.eval]`` table: online eval rounds run."""
-        return self.eval_interval is not None
-
 
 def read_run_shape(path: str | os.PathLike[str]) -> RunShape:
     """Batch size, rollouts per example, max_tokens and eval cadence from a prime-rl TOML config."""
     try:
         return _shape(read_run_config(path))
-    except RunConfigError as exc:
-        raise AnalysisInputError(str(exc)) from None
-
-
-def run_shape_from_dict(config: Mapping[str, Any], source: str) -> RunShape:
-    """``read_run_shape`` of an already parsed config; ``source`` names it in error messages."""
-    try:
-        return _shape(parse_run_config(config, source))
     except RunConfigError as exc:
         raise AnalysisInputError(str(exc)) from None
 
