@@ -234,28 +234,28 @@ def write_comparison(entries: Sequence[Entry], out: Path, *, plots_too: bool = T
     """``comparison.csv``, ``comparison.md`` and ``comparison_reliability.png`` in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     reference = entries[0].spec.label if entries else ""
-    nan = Interval(math.nan, math.nan, math.nan)
+    rows = []
+    for i, e in enumerate(entries):
+        n_q = len(set(e.rollouts.question.tolist())) if e.rollouts.has_identity else ""
+        row: dict[str, object] = {"label": e.spec.label, "n": len(e.rollouts)}
+        row |= {m: _cell(e.intervals[m].value) for m in COMPARE_METRICS}
+        row |= {
+            f"{m}_{end}": _cell(getattr(e.intervals[m], end))
+            for m in COMPARE_METRICS
+            for end in ("low", "high")
+        }
+        for m in COMPARE_METRICS:
+            delta = (e.delta or {}).get(m, Interval(math.nan))
+            row |= {f"delta_{m}": _cell(delta.value), f"delta_{m}_low": _cell(delta.low)}
+            row[f"delta_{m}_high"] = _cell(delta.high)
+        rows.append(row | {
+            "delta_vs": reference if i else "", "delta_pairing": e.delta_note, "n_questions": n_q,
+            "format": e.read.fmt, "bootstrap_unit": e.unit, "path": e.spec.path + e.spec.suffix,
+        })  # fmt: skip
     with open(out / "comparison.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        head = ["label", "n", *COMPARE_METRICS]
-        head += [f"{m}_{end}" for m in COMPARE_METRICS for end in ("low", "high")]
-        head += [f"delta_{m}{end}" for m in COMPARE_METRICS for end in ("", "_low", "_high")]
-        head += ["delta_vs", "delta_pairing"]
-        writer.writerow([*head, "n_questions", "format", "bootstrap_unit", "path"])
-        for i, e in enumerate(entries):
-            iv = e.intervals
-            row = [e.spec.label, len(e.rollouts)]
-            row += [_cell(iv[m].value) for m in COMPARE_METRICS]
-            row += [_cell(getattr(iv[m], end)) for m in COMPARE_METRICS for end in ("low", "high")]
-            delta = e.delta or {}
-            row += [
-                _cell(getattr(delta.get(m, nan), end))
-                for m in COMPARE_METRICS
-                for end in ("value", "low", "high")
-            ]
-            row += [reference if i else "", e.delta_note]
-            n_q = len(set(e.rollouts.question.tolist())) if e.rollouts.has_identity else ""
-            writer.writerow([*row, n_q, e.read.fmt, e.unit, e.spec.path + e.spec.suffix])
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
     lines = [
         "# Comparison",
         "",
