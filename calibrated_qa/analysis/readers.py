@@ -6,6 +6,7 @@ Completion texts are never kept, so memory does not grow with completion length.
 
 from __future__ import annotations
 
+import gc
 import gzip
 import json
 import math
@@ -355,7 +356,24 @@ def read_rollouts(
     skip_bad_lines: bool = False,
     progress: bool = True,
 ) -> tuple[Rollouts, ReadReport]:
-    """Read one log, or several files in order (a resumed run), into columns."""
+    """Read one log, or several files in order (a resumed run), into columns.
+
+    ``split`` keeps only records of that split (the original formats record none). The cyclic
+    garbage collector is paused meanwhile: parsed records hold no cycles (reference counting
+    frees them) and its rescans of them cost ~10% of the read.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _read_rollouts(paths, split, skip_bad_lines, progress)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _read_rollouts(
+    paths: Sequence[str | os.PathLike[str]], split: str | None, skip_bad_lines: bool, progress: bool
+) -> tuple[Rollouts, ReadReport]:
     if not paths:
         raise AnalysisInputError("no input files given")
     formats = {str(path): detect_format(path) for path in paths}
