@@ -3,6 +3,7 @@ the file layout, bad input. (The real episode format: tests/v1/test_episodes.py,
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -114,3 +115,30 @@ def test_the_analysis_takes_each_record_s_step_from_the_episode_files(tmp_path: 
     assert main([*args, "--quiet", "--max-steps", "2", "--bootstrap", "20"]) == 0
     assert (out / "metrics_by_step.csv").read_text().splitlines()[1].split(",")[:2] == ["0", "4"]
     assert "0.3825" not in (out / "metrics_by_step.csv").read_text()
+
+
+def test_eval_rounds_from_episode_files_in_a_comparison(tmp_path: Path) -> None:
+    # an eval round is the step it ran at; question 2's rollout failed at step 5
+    rounds = {
+        step: [Rollout(q, f"q{q}", True, "YES", pct=pct, split="eval") for q in questions]
+        for step, pct, questions in ((0, 60, range(4)), (5, 90, (0, 1, 3)))
+    }
+    log = tmp_path / "eval_generations.jsonl"
+    log.write_text(
+        "".join(json.dumps(project_record(r)) + "\n" for rr in rounds.values() for r in rr)
+    )
+    for step, rr in rounds.items():
+        write(
+            tmp_path / "run",
+            step,
+            "eval",
+            [json.dumps(episode(r.example_id, r.completion)) + "\n" for r in rr],
+        )
+    out = tmp_path / "out"
+    argv = ["--quiet", "--split", "eval", "--episodes", str(tmp_path / "run"), "--compare"]
+    argv += [f"base={log}@0", f"trained={log}@5", "--out", str(out), "--no-plots"]
+    assert main([*argv, "--bootstrap", "20"]) == 0
+    rows = {r["label"]: r for r in csv.DictReader((out / "comparison.csv").open())}
+    assert (rows["base"]["n"], rows["trained"]["n"]) == ("4", "3")
+    assert float(rows["trained"]["delta_mean_p_yes"]) == pytest.approx(0.3)
+    assert rows["trained"]["delta_pairing"].startswith("paired over 3 common questions; dropped 1")
