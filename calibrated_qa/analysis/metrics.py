@@ -220,10 +220,13 @@ def step_rows(r: Rollouts) -> list[dict[str, float]]:
     """One row per present step: step, n, questions, then ``METRIC_NAMES``."""
     steps, unit = np.unique(r.step, return_inverse=True)
     t = tally(r, unit, steps.size)
+    questions = [float("nan")] * steps.size
+    if t.identity:  # distinct (step, question) groups per step
+        first = np.unique(question_groups(r)[0], return_index=True)[1]
+        questions = np.bincount(unit[first], minlength=steps.size).tolist()
     rows = []
     for i, step in enumerate(steps.tolist()):
-        questions = np.unique(r.question[unit == i]).size if t.identity else float("nan")
-        row: dict[str, float] = {"step": step, "n": int(t.sums[i, 0]), "n_questions": questions}
+        row: dict[str, float] = {"step": step, "n": int(t.sums[i, 0]), "n_questions": questions[i]}
         rows.append(row | finish(t.sums[i], t.levels, t.identity))
     return rows
 
