@@ -201,14 +201,12 @@ def write_metrics_by_step(result: Analysis, path: Path) -> None:
 
 def _texts(values: np.ndarray, keep: np.ndarray | None = None) -> list[str]:
     """The CSV text of each value: ``repr`` of the Python value (round-trip exact for floats,
-    as ``csv`` writes them), "" where ``keep`` is False (a value that does not exist). A float
-    is formatted once per distinct value (by its bits: -0.0 keeps its sign)."""
-    if values.dtype != np.float64:
-        texts = list(map(str, values.tolist()))
-    else:
-        _, first, inverse = np.unique(values.view(np.int64), return_index=True, return_inverse=True)
-        distinct = [repr(v) for v in values[first].tolist()]
-        texts = [distinct[i] for i in inverse.tolist()]
+    as ``csv`` writes them), "" where ``keep`` is False (a value that does not exist). Each
+    distinct value is formatted once (floats by their bits: -0.0 keeps its sign)."""
+    key = values.view(np.int64) if values.dtype == np.float64 else values
+    _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    distinct = [repr(v) for v in values[first].tolist()]
+    texts = [distinct[i] for i in inverse.tolist()]
     if keep is None:
         return texts
     return [t if k else "" for t, k in zip(texts, keep.tolist(), strict=True)]
