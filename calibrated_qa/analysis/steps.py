@@ -178,8 +178,6 @@ def attribute_steps(
     rollouts: Rollouts, batch_size: int | None, *, allow_partial: bool = False
 ) -> Attribution:
     """Set ``rollouts.step`` to ``index // batch_size`` (in place), unless the format has steps."""
-    if has_own_steps(rollouts) and rollouts.fmt == "project":
-        return Attribution(EXACT)
     if has_own_steps(rollouts):
         steps, counts = np.unique(rollouts.step, return_counts=True)
         if batch_size is not None:
@@ -374,12 +372,15 @@ def attribute(
     files: Sequence[str] = (),
 ) -> tuple[Rollouts, Attribution]:
     """Steps (train) or eval rounds (eval) for every rollout: the one path both CLIs take."""
-    warnings: list[str] = []
     if episodes is not None:
         rollouts, warnings = episode_steps(rollouts, files, episodes)
         if split == "eval":
             names = {int(s): f"eval at step {int(s)}" for s in np.unique(rollouts.step)}
             return rollouts, Attribution(EXACT, round_names=names, warnings=warnings)
+        kept, surplus, note = truncate_to_max_steps(
+            rollouts, shape.batch_size, shape.max_steps, shape.max_steps_source
+        )
+        return kept, Attribution(EXACT, surplus=surplus, surplus_note=note, warnings=warnings)
     if split == "eval" and not has_own_steps(rollouts):
         attribution = attribute_eval_rounds(
             rollouts,
@@ -395,8 +396,7 @@ def attribute(
         rollouts, shape.batch_size, shape.max_steps, shape.max_steps_source
     )
     attribution = attribute_steps(kept, shape.batch_size, allow_partial=allow_partial)
-    attribution = replace(attribution, surplus=surplus, surplus_note=note, warnings=warnings)
-    return kept, attribution
+    return kept, replace(attribution, surplus=surplus, surplus_note=note)
 
 
 def group_purity(rollouts: Rollouts, rollouts_per_example: int | None) -> tuple[int, int] | None:
