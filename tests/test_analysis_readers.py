@@ -16,6 +16,7 @@ from calibrated_qa.analysis.convert import main as convert_main
 from calibrated_qa.analysis.convert import question_from_prompt
 from calibrated_qa.analysis.metrics import summarize
 from calibrated_qa.analysis.readers import AnalysisInputError, TornLineWarning, read_rollouts
+from calibrated_qa.analysis.steps import attribute_steps
 from calibrated_qa.records import RecordError, validate_record
 from tests.fixtures.analysis.build import (
     Rollout,
@@ -255,6 +256,10 @@ def test_converted_file_reads_as_this_projects_log_with_the_same_metrics(tmp_pat
         np.testing.assert_array_equal(direct.question, converted.question)
         for name, value in summarize(direct).items():
             assert summarize(converted)[name] == pytest.approx(value, nan_ok=True), name
+    # the converted CSV keeps its own step column, checked against the batch size
+    assert "CSV's own step column" in attribute_steps(converted, 16).method
+    with pytest.raises(AnalysisInputError, match="do not hold batch_size=15"):
+        attribute_steps(converted, 15)
 
 
 def test_original_log_questions_are_keyed_by_a_stable_example_id(tmp_path: Path) -> None:
