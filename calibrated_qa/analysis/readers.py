@@ -203,21 +203,23 @@ def batches(
         size += len(block)
         if fmt != "original-csv":
             body = block[:-1] if newlines else block  # a block ends with its newline
-            lines = range(first, first + max(newlines, 1))
+            span = range(first, first + max(newlines, 1))
             try:
                 parsed = loads(b"[" + body.replace(b"\n", b",") + b"]")
-                if fmt == "original-log" and len(parsed) == len(lines):
+                if fmt == "original-log" and len(parsed) == len(span):
                     parsed = [
                         convert.from_original_log(obj, f"{path}:{n}", as_split, max_tokens)
-                        for n, obj in zip(lines, parsed, strict=True)
+                        for n, obj in zip(span, parsed, strict=True)
                     ]
             except (JSONDecodeError, UnicodeDecodeError, RecordError):
                 parsed = []
-            if len(parsed) == len(lines):  # one value per line
-                numbers += lines
+            if len(parsed) == len(span):  # one value per line
+                numbers += span
                 objs += parsed
                 block = b""  # done; else a bad, blank or torn line: line by line below
-        for number, line in enumerate(block.splitlines(keepends=True), first):
+        lines = [part + b"\n" for part in block.split(b"\n")]  # "\n" ends a line, nothing else
+        lines[-1] = lines[-1][:-1]  # after the last newline: b"" or a torn line
+        for number, line in enumerate(lines, first):
             if not line.strip():
                 continue
             where = f"{path}:{number}"
