@@ -268,3 +268,14 @@ def test_original_log_questions_are_keyed_by_a_stable_example_id(tmp_path: Path)
     b, _ = read_rollouts([write_original(tmp_path / "b.jsonl", rollouts[::-1])], progress=False)
     assert a.has_identity and np.unique(a.question).size == 4
     np.testing.assert_array_equal(a.question, b.question[::-1])  # same text, same id
+
+
+def test_records_longer_than_a_read_block_and_blank_lines(tmp_path: Path) -> None:
+    records = [project_record(r) for r in run(n_steps=1)]
+    records[3]["completion"] = "x" * (3 * (1 << 16)) + records[3]["completion"]  # > 3 blocks
+    path = tmp_path / "p.jsonl"
+    lines = [json.dumps(r) + "\n" for r in records]
+    path.write_text("".join(lines[:5]) + "\n  \n" + "".join(lines[5:]))
+    r, report = read_rollouts([path], progress=False)
+    assert len(r) == len(records) and report.n_records == len(records)
+    assert r.line.tolist() == [1, 2, 3, 4, 5, *range(8, 8 + len(records) - 5)]
