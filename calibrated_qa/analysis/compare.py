@@ -19,6 +19,7 @@ from calibrated_qa.analysis import plots
 from calibrated_qa.analysis.bootstrap import DEFAULT_RESAMPLES, Interval, bootstrap, with_intervals
 from calibrated_qa.analysis.metrics import DEFINITIONS, tally
 from calibrated_qa.analysis.readers import AnalysisInputError, ReadReport, Rollouts, read_rollouts
+from calibrated_qa.analysis.report import cell
 from calibrated_qa.analysis.steps import RunShape, attribute, has_own_steps
 
 COMPARE_METRICS = (
@@ -226,10 +227,6 @@ def compare(
     return entries
 
 
-def _cell(value: float) -> str:
-    return "" if math.isnan(value) else f"{value:.6g}"
-
-
 def write_comparison(entries: Sequence[Entry], out: Path, *, plots_too: bool = True) -> None:
     """``comparison.csv``, ``comparison.md`` and ``comparison_reliability.png`` in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
@@ -238,16 +235,16 @@ def write_comparison(entries: Sequence[Entry], out: Path, *, plots_too: bool = T
     for i, e in enumerate(entries):
         n_q = len(set(e.rollouts.question.tolist())) if e.rollouts.has_identity else ""
         row: dict[str, object] = {"label": e.spec.label, "n": len(e.rollouts)}
-        row |= {m: _cell(e.intervals[m].value) for m in COMPARE_METRICS}
+        row |= {m: cell(e.intervals[m].value) for m in COMPARE_METRICS}
         row |= {
-            f"{m}_{end}": _cell(getattr(e.intervals[m], end))
+            f"{m}_{end}": cell(getattr(e.intervals[m], end))
             for m in COMPARE_METRICS
             for end in ("low", "high")
         }
         for m in COMPARE_METRICS:
             delta = (e.delta or {}).get(m, Interval(math.nan))
-            row |= {f"delta_{m}": _cell(delta.value), f"delta_{m}_low": _cell(delta.low)}
-            row[f"delta_{m}_high"] = _cell(delta.high)
+            row |= {f"delta_{m}": cell(delta.value), f"delta_{m}_low": cell(delta.low)}
+            row[f"delta_{m}_high"] = cell(delta.high)
         rows.append(row | {
             "delta_vs": reference if i else "", "delta_pairing": e.delta_note, "n_questions": n_q,
             "format": e.read.fmt, "bootstrap_unit": e.unit, "path": e.spec.path + e.spec.suffix,

@@ -178,7 +178,8 @@ def analyze(generations: Sequence[str], shape: RunShape, options: Options) -> An
 # Files
 
 
-def _cell(value: object) -> str:
+def cell(value: object) -> str:
+    """A CSV cell: floats to 6 significant digits, NaN (does not exist) empty."""
     if isinstance(value, float):
         return "" if math.isnan(value) else f"{value:.6g}"
     return str(value)
@@ -193,7 +194,7 @@ def write_metrics_by_step(result: Analysis, path: Path) -> None:
         writer = csv.writer(f)
         writer.writerow(columns + extra + (["round"] if names else []))
         for row in result.rows:
-            cells = [_cell(row[c]) for c in columns + extra]
+            cells = [cell(row[c]) for c in columns + extra]
             if names:
                 cells.append(names.get(int(row["step"]), ""))
             writer.writerow(cells)
