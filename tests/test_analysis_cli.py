@@ -252,3 +252,29 @@ def test_eval_split_cross_checks_eval_lines_not_step_rewards(tmp_path: Path) -> 
     assert rows[-1]["round"] == "final (checkpoint 11)"
     assert [float(r["orchestrator_reward"]) for r in rows] == [0.0, 0.1, 0.2]
     assert "Evaluated" in (out / "summary.md").read_text()
+
+
+def test_eval_split_reports_a_short_round_with_its_n(tmp_path: Path) -> None:
+    from tests.fixtures.analysis.build import Rollout
+
+    rows = [
+        Rollout(q, f"q{q}", q % 2 == 0, "YES", split="eval")
+        for r in range(3)
+        for q in range(4)
+        if (r, q) != (1, 2)  # a failed eval rollout of the middle round
+    ]
+    log = write_project(tmp_path / "e.jsonl", rows)
+    out = tmp_path / "o"
+    args = [
+        "--generations", log, "--split", "eval", "--eval-size", "4", "--eval-interval", "10",
+        "--eval-rollouts-per-example", "1", "--out", out, "--no-plots", "--bootstrap", "0",
+    ]  # fmt: skip
+    done = analyze_cli(*args)
+    assert done.returncode == 0, done.stderr
+    table = list(csv.DictReader((out / "metrics_by_step.csv").read_text().splitlines()))
+    assert [(r["step"], r["n"]) for r in table] == [("0", "4"), ("10", "3"), ("20", "4")]
+    summary = (out / "summary.md").read_text()
+    assert "**Warning**: eval round checkpoint 10 is short: 3 of 4 records" in summary
+    assert "checkpoint 10 n=3" in summary
+    done = analyze_cli(*args, "--strict-eval")
+    assert done.returncode == 2 and "--strict-eval" in done.stderr

@@ -13,8 +13,6 @@ from sklearn.calibration import calibration_curve
 from sklearn.metrics import brier_score_loss, roc_auc_score
 
 from calibrated_qa.analysis.metrics import (
-    auroc,
-    brier,
     expected_calibration_error,
     finish,
     percent_bin,
@@ -38,9 +36,19 @@ def off_edge_probabilities(n: int) -> tuple[np.ndarray, np.ndarray]:
     return p, y
 
 
+def summary(p: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """The analysis's metrics of parseable rollouts stating ``p`` with true answers ``y``."""
+    zeros = np.zeros(len(p))
+    rollouts = in_memory_rollouts(
+        y=np.asarray(y, dtype=bool), p_yes=np.asarray(p, dtype=float), length_penalty=zeros,
+        length=zeros, question=np.arange(len(p)),
+    )  # fmt: skip
+    return summarize(rollouts)
+
+
 def test_brier_matches_sklearn() -> None:
     p, y = off_edge_probabilities(500)
-    assert brier(p, y) == pytest.approx(brier_score_loss(y, p), abs=1e-12)
+    assert summary(p, y)["brier"] == pytest.approx(brier_score_loss(y, p), abs=1e-12)
 
 
 def test_reliability_bins_match_sklearn_calibration_curve() -> None:
@@ -96,13 +104,15 @@ def test_float_edges_would_misbin_and_ours_do_not() -> None:
 
 
 def test_auroc_matches_sklearn_with_ties() -> None:
-    score = RNG.integers(50, 101, 400) / 100  # many ties, as integer percents have
+    # P(YES) > 0.5 throughout: the confidence is P(YES) and correct means "the truth is yes"
+    score = RNG.integers(51, 101, 400) / 100  # many ties, as integer percents have
     label = RNG.random(400) < score
-    assert auroc(score, label) == pytest.approx(roc_auc_score(label, score), abs=1e-12)
+    auroc = summary(score, label)["auroc"]
+    assert auroc == pytest.approx(roc_auc_score(label, score), abs=1e-12)
 
 
 def test_auroc_undefined_with_one_class() -> None:
-    assert math.isnan(auroc([0.6, 0.9], [1, 1]))
+    assert math.isnan(summary(np.array([0.6, 0.9]), np.array([1, 1]))["auroc"])
 
 
 def test_weighted_unit_sums_equal_repetition() -> None:

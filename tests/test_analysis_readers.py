@@ -16,7 +16,8 @@ from calibrated_qa.analysis.convert import main as convert_main
 from calibrated_qa.analysis.convert import question_from_prompt
 from calibrated_qa.analysis.metrics import summarize
 from calibrated_qa.analysis.readers import AnalysisInputError, TornLineWarning, read_rollouts
-from calibrated_qa.records import RecordError
+from calibrated_qa.analysis.steps import attribute_steps
+from calibrated_qa.records import RecordError, validate_record
 from tests.fixtures.analysis.build import (
     Rollout,
     project_record,
@@ -177,6 +178,36 @@ def test_missing_field_is_an_error_naming_it(tmp_path: Path) -> None:
     assert done.returncode == 2 and "ground_truth" in done.stderr
 
 
+BAD_VALUES = [
+    {"schema": 2}, {"split": "dev"}, {"split": ["train"]}, {"ground_truth": True},
+    {"time": "now"}, {"pid": 1.5}, {"example_id": "3"}, {"question": None}, {"completion": 5},
+    {"parseable": "yes"}, {"correct": 1}, {"reward": 2.0}, {"length_penalty": 0.5},
+    {"calibration_reward": True}, {"length": None}, {"truncated": 0}, {"max_tokens": 512.0},
+    {"length_unit": "words"}, {"p_yes": None}, {"pct": 101}, {"pct": 80.0}, {"answer": "MAYBE"},
+    {"brier": None}, {"brier": 1.5}, {"p_yes": [0.8]}, {"completion_tokens": -1},
+    {"completion_tokens": True}, {"parseable": False},
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("bad", BAD_VALUES, ids=lambda bad: f"{bad}")
+def test_a_bad_value_anywhere_fails_as_validate_record_words_it(tmp_path: Path, bad: dict) -> None:
+    # Records are validated column by column after parsing; the error must still be the one
+    # validate_record gives for that record, with its file, line and field.
+    records = [project_record(r) for r in run(n_steps=2)]
+    records[21] |= bad
+    path = tmp_path / "p.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    with pytest.raises(RecordError) as expected:
+        validate_record(json.loads(json.dumps(records[21])), f"{path}:22")
+    with pytest.raises(RecordError) as raised:
+        read_rollouts([path], progress=False)
+    assert str(raised.value) == str(expected.value)
+    records[21] = project_record(run(n_steps=1)[0]) | {"length": math.inf}  # not JSON
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    with pytest.raises(AnalysisInputError, match=r"p\.jsonl:22: malformed line"):
+        read_rollouts([path], progress=False)
+
+
 def test_unknown_format_is_an_error(tmp_path: Path) -> None:
     path = tmp_path / "other.jsonl"
     path.write_text('{"prompt": "x", "answer": "y"}\n')
@@ -225,6 +256,10 @@ def test_converted_file_reads_as_this_projects_log_with_the_same_metrics(tmp_pat
         np.testing.assert_array_equal(direct.question, converted.question)
         for name, value in summarize(direct).items():
             assert summarize(converted)[name] == pytest.approx(value, nan_ok=True), name
+    # the converted CSV keeps its own step column, checked against the batch size
+    assert "CSV's own step column" in attribute_steps(converted, 16).method
+    with pytest.raises(AnalysisInputError, match="do not hold batch_size=15"):
+        attribute_steps(converted, 15)
 
 
 def test_original_log_questions_are_keyed_by_a_stable_example_id(tmp_path: Path) -> None:
@@ -233,3 +268,14 @@ def test_original_log_questions_are_keyed_by_a_stable_example_id(tmp_path: Path)
     b, _ = read_rollouts([write_original(tmp_path / "b.jsonl", rollouts[::-1])], progress=False)
     assert a.has_identity and np.unique(a.question).size == 4
     np.testing.assert_array_equal(a.question, b.question[::-1])  # same text, same id
+
+
+def test_records_longer_than_a_read_block_and_blank_lines(tmp_path: Path) -> None:
+    records = [project_record(r) for r in run(n_steps=1)]
+    records[3]["completion"] = "x" * (3 * (1 << 16)) + records[3]["completion"]  # > 3 blocks
+    path = tmp_path / "p.jsonl"
+    lines = [json.dumps(r) + "\n" for r in records]
+    path.write_text("".join(lines[:5]) + "\n  \n" + "".join(lines[5:]))
+    r, report = read_rollouts([path], progress=False)
+    assert len(r) == len(records) and report.n_records == len(records)
+    assert r.line.tolist() == [1, 2, 3, 4, 5, *range(8, 8 + len(records) - 5)]

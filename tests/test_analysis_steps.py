@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -19,11 +20,10 @@ from calibrated_qa.analysis.steps import (
     read_orchestrator_eval_rewards,
     read_orchestrator_rewards,
     read_run_shape,
-    run_shape_from_dict,
 )
 from calibrated_qa.run_config import EvalSchedule
 from tests.conftest import pinned_prime_rl_source
-from tests.fixtures.analysis.build import Rollout, run, write_project
+from tests.fixtures.analysis.build import Rollout, project_record, run, write_project
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -240,18 +240,24 @@ def test_config_nested_and_top_level(tmp_path: Path) -> None:
         read_run_shape(bad)
 
 
-def test_run_shape_from_dict_applies_prime_rl_eval_defaults() -> None:
-    shape = run_shape_from_dict({"orchestrator": {"eval": {"env": [{"id": "x"}]}}}, "c")
-    assert shape.has_eval and (shape.eval_interval, shape.eval_base_model) == (100, True)
+def test_run_shape_applies_prime_rl_eval_defaults(tmp_path: Path) -> None:
+    def shape_of(text: str) -> RunShape:
+        (tmp_path / "c.toml").write_text(text)
+        return read_run_shape(tmp_path / "c.toml")
+
+    shape = shape_of('[[orchestrator.eval.env]]\nid = "x"\n')
+    assert (shape.eval_interval, shape.eval_base_model) == (100, True)
     assert (shape.eval_size, shape.eval_rollouts_per_example) == (None, 1)
-    env = {"id": "x", "num_examples": 5, "rollouts_per_example": 2}
-    shape = run_shape_from_dict({"orchestrator": {"eval": {"num_examples": 9, "env": [env]}}}, "c")
+    shape = shape_of(
+        '[orchestrator.eval]\nnum_examples = 9\n[[orchestrator.eval.env]]\nid = "x"\n'
+        "num_examples = 5\nrollouts_per_example = 2\n"
+    )
     assert shape.eval_size == 10  # a single eval env's values override the table's
-    assert not run_shape_from_dict({"orchestrator": {}}, "c").has_eval
+    assert shape_of("[orchestrator]\n").eval_interval is None
     with pytest.raises(
-        AnalysisInputError, match=r"c: \[orchestrator.eval\] interval must be a positive integer"
+        AnalysisInputError, match=r"c.toml: \[orchestrator.eval\] interval must be a positive"
     ):
-        run_shape_from_dict({"orchestrator": {"eval": {"interval": 0}}}, "c")
+        shape_of("[orchestrator.eval]\ninterval = 0\n")
 
 
 def test_self_ensemble_groups_by_question_not_adjacent_lines(tmp_path: Path) -> None:
@@ -303,3 +309,56 @@ def test_step_rows_hold_every_step(tmp_path: Path) -> None:
     rows = step_rows(r)
     assert [row["step"] for row in rows] == [0, 1, 2]
     assert all(row["n"] == 16 and row["n_questions"] == 4 for row in rows)
+
+
+def _eval_log(tmp_path: Path, rounds: list[list[int]], gap: float = 600.0) -> Path:
+    """An eval log of rounds of question ids in log order; each round ``gap`` seconds apart."""
+    path = tmp_path / "eval_generations.jsonl"
+    with open(path, "w") as f:
+        for k, questions in enumerate(rounds):
+            for i, q in enumerate(questions):
+                record = project_record(Rollout(q, f"q{q}", q % 2 == 0, "YES", split="eval"))
+                record["time"] = 1.7e9 + k * gap + i
+                f.write(json.dumps(record) + "\n")
+    return path
+
+
+def _rounds(path: Path, **kwargs: object) -> tuple[list[int], object]:
+    r = read_rollouts([path], split="eval", progress=False)[0]
+    attribution = attribute_eval_rounds(r, None, 10, rollouts_per_example=1, **kwargs)  # type: ignore[arg-type]
+    steps, counts = np.unique(r.step, return_counts=True)
+    return [int(c) for c in counts[np.argsort(steps)]], attribution
+
+
+def test_a_short_eval_round_is_reported_not_an_error(tmp_path: Path) -> None:
+    # prime-rl evaluates with max_retries=0: question 2 failed in the second round
+    log = _eval_log(tmp_path, [[0, 1, 2, 3], [1, 0, 3], [3, 2, 1, 0]])
+    sizes, attribution = _rounds(log, max_steps=12)
+    assert sizes == [4, 3, 4]
+    assert attribution.warnings == [  # type: ignore[attr-defined]
+        "eval round checkpoint 10 is short: 3 of 4 records (failed eval rollouts are not "
+        "retried: prime-rl runs eval with max_retries=0)"
+    ]
+    assert "checkpoint 10 n=3" in attribution.method  # type: ignore[attr-defined]
+    with pytest.raises(AnalysisInputError, match="short: 3 of 4.*--strict-eval"):
+        _rounds(log, strict=True)
+
+
+def test_a_missing_question_first_in_the_next_round_stays_in_its_round(tmp_path: Path) -> None:
+    # question 2 failed in round 0 and comes first in round 1: identity alone would put it in
+    # round 0; the time gap between rounds (training ran in between) puts it back in round 1.
+    log = _eval_log(tmp_path, [[0, 1, 3], [2, 0, 1, 3], [0, 1, 2, 3]])
+    assert _rounds(log)[0] == [3, 4, 4]
+    # without times (a converted log), or with no gap to go by, the boundary stays where
+    # identity puts it
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    for time in (0, 1.7e9):
+        log.write_text("".join(json.dumps(r | {"time": time}) + "\n" for r in lines))
+        assert _rounds(log)[0] == [4, 3, 4]
+
+
+def test_an_eval_round_larger_than_expected_is_an_error(tmp_path: Path) -> None:
+    log = _eval_log(tmp_path, [[0, 1, 2, 3, 4], [0, 1, 2, 3, 4]])
+    r = read_rollouts([log], split="eval", progress=False)[0]
+    with pytest.raises(AnalysisInputError, match="holds 5 records, more than the 4 expected"):
+        attribute_eval_rounds(r, 4, 10, rollouts_per_example=1)

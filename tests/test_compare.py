@@ -226,3 +226,36 @@ def test_run_training_syntax_with_the_reference_config(tmp_path: Path) -> None:
     assert float(table["base"]["mean_p_yes"]) == pytest.approx(0.51)
     assert float(table["trained"]["mean_p_yes"]) == pytest.approx(0.91)
     assert "final (checkpoint 49)" in (out / "comparison.md").read_text()
+
+
+def test_a_short_final_round_pairs_the_common_questions(tmp_path: Path) -> None:
+    # The reference config's cadence (rounds at checkpoints 0..40 and final 49); question 3's
+    # rollout failed in the final round (prime-rl evaluates with max_retries=0).
+    rows = [
+        Rollout(q, f"q{q}", q % 2 == 0, "YES", pct=51 + 8 * r, split="eval")
+        for r in range(6)
+        for q in range(5)
+        if (r, q) != (5, 3)
+    ]
+    log = write_project(tmp_path / "eval_generations.jsonl", rows)
+    out = tmp_path / "cmp"
+    args = [
+        "--split", "eval", "--config", REPO / "configs" / "calibrated_qa_gemma2_2b.toml",
+        "--compare", f"base={log}@0", f"trained={log}@final", "--out", out, "--no-plots",
+        "--bootstrap", "50",
+    ]  # fmt: skip
+    done = compare_cli(*args)
+    assert done.returncode == 0, done.stderr
+    assert "final (checkpoint 49) is short: 4 of 5 records" in done.stderr
+    table = comparison_table(out)
+    assert table["base"]["n"] == "5" and table["trained"]["n"] == "4"
+    assert table["trained"]["delta_pairing"] == (
+        "paired over 4 common questions; dropped 1 only in base, 0 only in trained"
+    )
+    assert float(table["trained"]["delta_mean_p_yes"]) == pytest.approx(0.4)
+    assert (
+        "**warning**: eval round final (checkpoint 49) is short"
+        in (out / "comparison.md").read_text()
+    )
+    done = compare_cli(*args, "--strict-eval")
+    assert done.returncode == 2 and "short: 4 of 5 records" in done.stderr

@@ -1,12 +1,8 @@
 """95% bootstrap intervals that resample whole questions, not single rollouts.
 
-A training step holds 128 distinct questions x 8 rollouts of the same policy: the 8 rollouts of a
-question are correlated, so resampling rollouts would pretend there are 1,024 independent draws
-and give intervals far too narrow. Each resample draws the units (questions) with replacement;
-the metrics of a resample are ``metrics.finish`` of the units' tally weighted by how often each
-was drawn, so no metric is defined twice. Without question identity (the original CSV) the unit
-falls back to the rollout, and the report says so. A paired bootstrap (two logs of the same
-questions) draws the questions once per resample for both, so their common variation cancels.
+A step holds ~128 questions x 8 correlated rollouts: resampling rollouts would give intervals far
+too narrow. A resample weights each question's tally by how often it was drawn (``finish`` of
+the weighted sums), so no metric is defined twice; without identity the unit is the rollout.
 """
 
 from __future__ import annotations
@@ -46,13 +42,8 @@ class Interval:
 def bootstrap(
     t: Tally, *, resamples: int = DEFAULT_RESAMPLES, seed: int = 0, minus: Tally | None = None
 ) -> dict[str, Interval]:
-    """Every metric of ``t`` with a 95% percentile interval, resampling the rows (units) of ``t``.
-
-    With ``minus`` (a tally over the same units, row for row), the difference ``t - minus`` with
-    a paired interval. Each resample draws ``units`` units with replacement, row by row from one
-    seeded generator. Resamples where a metric is undefined (AUROC with one class) are left out
-    of its interval.
-    """
+    """Every metric of ``t`` with a 95% percentile interval, resampling its rows (units);
+    with ``minus`` (the same units), the paired difference ``t - minus``."""
 
     def metrics(sums_t: np.ndarray, sums_minus: np.ndarray | None) -> dict[str, float]:
         values = finish(sums_t, t.levels, t.identity)

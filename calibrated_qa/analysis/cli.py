@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from calibrated_qa.analysis.bootstrap import DEFAULT_RESAMPLES
 from calibrated_qa.analysis.compare import compare, parse_spec, write_comparison
@@ -94,22 +96,31 @@ def _parser(doc: str) -> argparse.ArgumentParser:
         action="store_true",
         help="analyse a record count that is not a multiple of the batch size (last step flagged)",
     )
+    parser.add_argument(
+        "--episodes",
+        metavar="RUN_DIR",
+        help="prime-rl 559b447 output dir: each record's exact step from its per-step episode "
+        "files (RUN_DIR/rollouts/step_N/...), instead of index // batch size",
+    )
+    parser.add_argument(
+        "--strict-eval",
+        action="store_true",
+        help="fail on a short eval round or a question missing from a compared log (default: "
+        "warn, report each round's n, and pair only the questions present in both)",
+    )
     return parser
 
 
 def run_shape(args: argparse.Namespace) -> RunShape:
     """The run shape from ``--config``, overridden by explicit options."""
     base = read_run_shape(args.config) if args.config else RunShape()
-    return RunShape(
-        batch_size=args.batch_size or base.batch_size,
-        rollouts_per_example=args.rollouts_per_example or base.rollouts_per_example,
-        eval_size=args.eval_size or base.eval_size,
-        eval_rollouts_per_example=args.eval_rollouts_per_example or base.eval_rollouts_per_example,
-        eval_interval=args.eval_interval or base.eval_interval,
-        eval_base_model=base.eval_base_model and not args.no_eval_base_model,
-        max_steps=args.max_steps or base.max_steps,
-        max_steps_source="--max-steps" if args.max_steps else base.max_steps_source,
-    )
+    names = [option[2:].replace("-", "_") for option in SHAPE_OPTIONS]
+    explicit: dict[str, Any] = {n: getattr(args, n) for n in names if getattr(args, n)}
+    if args.max_steps:
+        explicit["max_steps_source"] = "--max-steps"
+    if args.no_eval_base_model:
+        explicit["eval_base_model"] = False
+    return replace(base, **explicit)
 
 
 def analyze_parser() -> argparse.ArgumentParser:
@@ -169,7 +180,12 @@ def main(argv: list[str] | None = None) -> int:
                 resamples=args.bootstrap,
                 seed=args.seed,
                 progress=not args.quiet,
+                strict_eval=args.strict_eval,
+                episodes=args.episodes,
             )
+            for entry in entries:
+                for warning in entry.warnings:
+                    print(f"warning: --compare {entry.spec.label}: {warning}", file=sys.stderr)
             write_comparison(entries, args.out, plots_too=not args.no_plots)
             print(f"wrote comparison of {len(entries)} logs to {args.out}")
             return 0
@@ -180,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
             plots=not args.no_plots,
             skip_bad_lines=args.skip_bad_lines,
             allow_partial_step=args.allow_partial_step,
+            strict_eval=args.strict_eval,
+            episodes=args.episodes,
             bootstrap=args.bootstrap,
             seed=args.seed,
             progress=not args.quiet,
@@ -214,10 +232,17 @@ def samples_main(argv: list[str] | None = None) -> int:
             args.generations, split=args.split, skip_bad_lines=args.skip_bad_lines
         )
         rollouts, attribution = attribute(
-            rollouts, split=args.split, shape=run_shape(args), allow_partial=args.allow_partial_step
+            rollouts,
+            split=args.split,
+            shape=run_shape(args),
+            allow_partial=args.allow_partial_step,
+            strict_eval=args.strict_eval,
+            episodes=args.episodes,
+            files=read.files,
         )
-        if attribution.surplus_note:
-            print(f"warning: {attribution.surplus_note}", file=sys.stderr)
+        for warning in [attribution.surplus_note, *attribution.warnings]:
+            if warning:
+                print(f"warning: {warning}", file=sys.stderr)
         present = sorted({int(s) for s in rollouts.step})
         steps = args.steps or sorted({present[0], present[-1]})
         samples = choose(rollouts, steps, args.n, seed=args.seed, threshold=args.confident)

@@ -1,16 +1,8 @@
 """Several eval logs side by side (e.g. base vs trained model): one table, one figure.
 
-Each ``LABEL=PATH`` is read in any of the three formats. An online eval log holds one round per
-evaluated checkpoint (see ``steps``): pick one with ``@STEP`` (the checkpoint, e.g. ``@0`` for the
-base model) or ``@final`` (the final eval after the last step; needs ``max_steps``), or pool all
-with ``@all``. A log with several rounds and no selector is an error, never silently pooled.
-
-Intervals resample whole questions where the format has question identity, single rollouts
-otherwise (stated in the table). Every label after the first also gets its difference from the
-first (delta) with a *paired* bootstrap interval: both logs are evaluated on the same questions, so
-each resample draws the questions once and weights both logs' rollouts of a question alike
-(questions matched by example id, or the original log's question text). Without identity no
-paired interval is possible and the table says so.
+``LABEL=PATH[@STEP|@final|@all]`` picks one eval round of a log (never pooled silently). Each
+label after the first gets its difference from the first with a *paired* bootstrap interval over
+the questions present in both (the questions are drawn once per resample for both logs).
 """
 
 from __future__ import annotations
@@ -18,7 +10,7 @@ from __future__ import annotations
 import csv
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +19,8 @@ from calibrated_qa.analysis import plots
 from calibrated_qa.analysis.bootstrap import DEFAULT_RESAMPLES, Interval, bootstrap, with_intervals
 from calibrated_qa.analysis.metrics import DEFINITIONS, tally
 from calibrated_qa.analysis.readers import AnalysisInputError, ReadReport, Rollouts, read_rollouts
-from calibrated_qa.analysis.steps import RunShape, attribute_eval_rounds, has_own_steps
+from calibrated_qa.analysis.report import cell
+from calibrated_qa.analysis.steps import RunShape, attribute, has_own_steps
 
 COMPARE_METRICS = (
     "parse_rate",
@@ -91,18 +84,14 @@ class Entry:
     intervals: dict[str, Interval]
     unit: str
     selected: str = ""  # which round, in words
+    warnings: list[str] = field(default_factory=list)  # a short round
     delta: dict[str, Interval] | None = None  # vs the first label (None for the first)
     delta_note: str = ""  # how the delta was paired, or why not
 
 
 def _rounds_look_sequential(rollouts: Rollouts) -> int:
-    """Without the round structure: how many rounds the log looks like (1 unless obvious).
-
-    Online rounds with one rollout per question are sequential: every question appears once
-    before any appears again. A log where each question appears ``c > 1`` times that way is
-    ``c`` rounds; repeats that interleave (several rollouts per question in one offline run)
-    are one round.
-    """
+    """Without the round structure: how many rounds the log looks like (1 unless obvious:
+    each question appears c times, all first occurrences before any second one)."""
     if not rollouts.has_identity:
         return 1
     _, first, counts = np.unique(rollouts.question, return_index=True, return_counts=True)
@@ -114,39 +103,41 @@ def _rounds_look_sequential(rollouts: Rollouts) -> int:
     return c if int(first.max()) < int(second.min()) else 1
 
 
-def _select(spec: Spec, rollouts: Rollouts, shape: RunShape) -> tuple[Rollouts, str]:
-    """The records of the selected round of one log, and which round it is in words."""
+def _select(
+    spec: Spec, rollouts: Rollouts, shape: RunShape, strict: bool, episodes: str | None
+) -> tuple[Rollouts, str, list[str]]:
+    """The records of the selected round of one log, the round in words, and its warnings."""
     name = f"--compare {spec.label}"
     if spec.select == ALL:
-        return rollouts, "all records pooled (@all)"
-    final = None
-    if has_own_steps(rollouts):
+        return rollouts, "all records pooled (@all)", []
+    final, warnings = None, []
+    if episodes is not None:
+        rollouts, attribution = attribute(
+            rollouts, split="eval", shape=shape, episodes=episodes, files=[spec.path]
+        )
+        names, warnings = attribution.round_names, attribution.warnings
+    elif has_own_steps(rollouts):
         names = {int(s): f"step {int(s)}" for s in np.unique(rollouts.step)}
-    elif shape.eval_interval is not None and (
-        shape.eval_size is not None or (shape.eval_rollouts_per_example and rollouts.has_identity)
-    ):
+    else:
         try:
-            attribution = attribute_eval_rounds(
-                rollouts,
-                shape.eval_size,
-                shape.eval_interval,
-                base_model=shape.eval_base_model,
-                rollouts_per_example=shape.eval_rollouts_per_example,
-                max_steps=shape.max_steps,
-            )
+            attribution = attribute(rollouts, split="eval", shape=shape, strict_eval=strict)[1]
         except AnalysisInputError as exc:
             raise AnalysisInputError(
                 f"{name}: {exc}; for a log of another shape (e.g. an offline eval with "
                 "several rollouts per question) use LABEL=PATH@all"
             ) from exc
-        names, final = attribution.round_names, attribution.final_step
-    elif spec.step is not None or spec.select == FINAL:
-        raise AnalysisInputError(
-            f"{name}: selecting an eval round needs the round structure: pass --config "
-            "(the training config) or --eval-size/--eval-interval"
-            + (" and --max-steps" if spec.select == FINAL else "")
+        names, final, warnings = (
+            attribution.round_names,
+            attribution.final_step,
+            attribution.warnings,
         )
-    else:
+    if not names:
+        if spec.step is not None or spec.select == FINAL:
+            raise AnalysisInputError(
+                f"{name}: selecting an eval round needs the round structure: pass --config "
+                "(the training config) or --eval-size/--eval-interval"
+                + (" and --max-steps" if spec.select == FINAL else "")
+            )
         rounds = _rounds_look_sequential(rollouts)
         if rounds > 1:
             raise AnalysisInputError(
@@ -167,18 +158,19 @@ def _select(spec: Spec, rollouts: Rollouts, shape: RunShape) -> tuple[Rollouts, 
             raise AnalysisInputError(
                 f"{name}: {spec.path} holds {len(names)} eval rounds ({found}); {SELECT_HINT}"
             )
-        return rollouts, "the whole log (one round)"
+        return rollouts, next(iter(names.values())), warnings
     step = final if spec.select == FINAL else spec.step
     if step not in names:
         raise AnalysisInputError(
             f"{name}: no records at step {step} (rounds present: {found}; eval rounds need "
             "--eval-size/--eval-interval or --config)"
         )
-    return rollouts.subset(rollouts.step == step), names[step]  # type: ignore[index]
+    mine = [w for w in warnings if w.startswith(f"eval round {names[step]} ")]  # type: ignore[index]
+    return rollouts.subset(rollouts.step == step), names[step], mine  # type: ignore[index]
 
 
 def _paired_delta(
-    first: Entry, other: Entry, *, resamples: int, seed: int
+    first: Entry, other: Entry, *, resamples: int, seed: int, strict: bool = False
 ) -> tuple[dict[str, Interval] | None, str]:
     """``other - first`` for every metric with a paired bootstrap interval over common questions."""
     a, b = first.rollouts, other.rollouts
@@ -190,11 +182,16 @@ def _paired_delta(
     sub_a, sub_b = a.subset(np.isin(a.question, common)), b.subset(np.isin(b.question, common))
     tally_a = tally(sub_a, np.searchsorted(common, sub_a.question), common.size)
     tally_b = tally(sub_b, np.searchsorted(common, sub_b.question), common.size)
-    delta = bootstrap(tally_b, minus=tally_a, resamples=resamples, seed=seed)
-    note = f"paired over {common.size} common questions"
     n_a, n_b = np.unique(a.question).size, np.unique(b.question).size
+    note = f"paired over {common.size} common questions"
     if common.size < max(n_a, n_b):
-        note += f" (of {n_a} and {n_b}: the delta is over the common questions only)"
+        note += (
+            f"; dropped {n_a - common.size} only in {first.spec.label}, {n_b - common.size} "
+            f"only in {other.spec.label}"
+        )
+        if strict:
+            raise AnalysisInputError(f"--compare {other.spec.label}: {note} (--strict-eval)")
+    delta = bootstrap(tally_b, minus=tally_a, resamples=resamples, seed=seed)
     return delta, note
 
 
@@ -207,6 +204,8 @@ def compare(
     resamples: int = DEFAULT_RESAMPLES,
     seed: int = 0,
     progress: bool = True,
+    strict_eval: bool = False,
+    episodes: str | None = None,
 ) -> list[Entry]:
     """Read and compute every compared log; labels must be unique."""
     labels = [s.label for s in specs]
@@ -217,47 +216,43 @@ def compare(
         rollouts, read = read_rollouts(
             [spec.path], split=split, skip_bad_lines=skip_bad_lines, progress=progress
         )
-        rollouts, selected = _select(spec, rollouts, shape)
+        rollouts, selected, warnings = _select(spec, rollouts, shape, strict_eval, episodes)
         rollouts.step[:] = 0  # one round: the self-ensemble groups by question
         intervals, unit = with_intervals(rollouts, resamples=resamples, seed=seed)
-        entries.append(Entry(spec, rollouts, read, intervals, unit, selected))
+        entries.append(Entry(spec, rollouts, read, intervals, unit, selected, warnings))
     for entry in entries[1:]:
         entry.delta, entry.delta_note = _paired_delta(
-            entries[0], entry, resamples=resamples, seed=seed
+            entries[0], entry, resamples=resamples, seed=seed, strict=strict_eval
         )
     return entries
-
-
-def _cell(value: float) -> str:
-    return "" if math.isnan(value) else f"{value:.6g}"
 
 
 def write_comparison(entries: Sequence[Entry], out: Path, *, plots_too: bool = True) -> None:
     """``comparison.csv``, ``comparison.md`` and ``comparison_reliability.png`` in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     reference = entries[0].spec.label if entries else ""
-    nan = Interval(math.nan, math.nan, math.nan)
+    rows = []
+    for i, e in enumerate(entries):
+        n_q = len(set(e.rollouts.question.tolist())) if e.rollouts.has_identity else ""
+        row: dict[str, object] = {"label": e.spec.label, "n": len(e.rollouts)}
+        row |= {m: cell(e.intervals[m].value) for m in COMPARE_METRICS}
+        row |= {
+            f"{m}_{end}": cell(getattr(e.intervals[m], end))
+            for m in COMPARE_METRICS
+            for end in ("low", "high")
+        }
+        for m in COMPARE_METRICS:
+            delta = (e.delta or {}).get(m, Interval(math.nan))
+            row |= {f"delta_{m}": cell(delta.value), f"delta_{m}_low": cell(delta.low)}
+            row[f"delta_{m}_high"] = cell(delta.high)
+        rows.append(row | {
+            "delta_vs": reference if i else "", "delta_pairing": e.delta_note, "n_questions": n_q,
+            "format": e.read.fmt, "bootstrap_unit": e.unit, "path": e.spec.path + e.spec.suffix,
+        })  # fmt: skip
     with open(out / "comparison.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        head = ["label", "n", *COMPARE_METRICS]
-        head += [f"{m}_{end}" for m in COMPARE_METRICS for end in ("low", "high")]
-        head += [f"delta_{m}{end}" for m in COMPARE_METRICS for end in ("", "_low", "_high")]
-        head += ["delta_vs", "delta_pairing"]
-        writer.writerow([*head, "n_questions", "format", "bootstrap_unit", "path"])
-        for i, e in enumerate(entries):
-            iv = e.intervals
-            row = [e.spec.label, len(e.rollouts)]
-            row += [_cell(iv[m].value) for m in COMPARE_METRICS]
-            row += [_cell(getattr(iv[m], end)) for m in COMPARE_METRICS for end in ("low", "high")]
-            delta = e.delta or {}
-            row += [
-                _cell(getattr(delta.get(m, nan), end))
-                for m in COMPARE_METRICS
-                for end in ("value", "low", "high")
-            ]
-            row += [reference if i else "", e.delta_note]
-            n_q = len(set(e.rollouts.question.tolist())) if e.rollouts.has_identity else ""
-            writer.writerow([*row, n_q, e.read.fmt, e.unit, e.spec.path + e.spec.suffix])
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
     lines = [
         "# Comparison",
         "",
@@ -297,6 +292,7 @@ def write_comparison(entries: Sequence[Entry], out: Path, *, plots_too: bool = T
             f"- `{e.spec.label}`: `{e.spec.path}{e.spec.suffix}` ({e.read.fmt}; {e.selected})"
         )
         lines += [f"  - note: {note}" for note in e.read.notes]
+        lines += [f"  - **warning**: {w}" for w in e.warnings]
         if e.read.other_split:
             lines.append(f"  - {e.read.other_split} records of the other split left out")
         if e.read.torn_lines or e.read.skipped_lines:

@@ -1,27 +1,9 @@
-"""The original recipe's two formats, converted into this project's record schema (version 1).
+"""The original recipe's two formats converted into this project's record schema (version 1).
 
-The analysis reads one schema; this module is the only place that knows the original formats.
-``read_rollouts`` converts on the fly; ``python -m calibrated_qa.analysis.convert IN... --out
-OUT.jsonl`` writes the converted records to a file, which then reads as this project's log.
-
-- ``original-log``: the recipe's ``generations.jsonl`` (``full_prompt, ground_truth, p_yes,
-  p_yes_extracted, parseable, ...``). Its ``p_yes`` is 0.5 for an unparseable rollout, so a
-  rollout is parseable iff ``parseable`` and ``p_yes_extracted`` is set. The question is the last
-  ``Question:`` line of ``full_prompt`` (the worked examples have their own); its ``example_id``
-  is a stable hash of that text, so two converted logs of the same questions pair up.
-- ``original-csv``: the per-rollout table (``index,step,reward,brier_score,p_yes,ground_truth,
-  parseable``). Its ``parseable`` is 1 on every row (``p_yes`` was defaulted to 0.5), so a row with
-  ``p_yes == 0.5`` and ``reward < -0.25`` is unparseable: a parseable 50% answer earns at least
-  ``0.75 - 1``. Rows with ``p_yes == 0.5`` and reward in [-0.25, 0] could be either and stay
-  parseable (counted in ``ambiguous``). The row's ``step`` is kept as the record's ``step``. This
-  project's own ``calibration_metrics.csv`` is the same table with extra columns, also read.
-
-What the original never recorded is marked, never invented: ``example_id`` -1 (no question
-identity: the CSV), ``length`` -1 (not recorded: the CSV), ``question``/``completion`` "" (the
-CSV), ``time`` 0, ``pid`` 0, ``truncated`` false. The answer word is not recorded either: ``answer``
-and ``pct`` are the side and confidence of P(YES) (``reward.predicts_yes``), which is what every
-metric uses anyway. Correctness, Brier and the calibration term come from ``calibrated_qa.reward``.
-``max_tokens`` is the original recipe's 512 unless given. Each record names its ``source``.
+The only place that knows them (``original-log``: its ``generations.jsonl``; ``original-csv``: its
+per-rollout table); what they never recorded is marked (``example_id``/``length`` -1, empty
+texts), never invented. The decisions are listed in docs/analysis.md and in every report.
+``python -m calibrated_qa.analysis.convert IN... --out OUT.jsonl`` writes the converted records.
 """
 
 from __future__ import annotations
@@ -222,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with open(args.out, "w", encoding="utf-8") as out:
             for path in args.inputs:
-                for _, _, record in records(path, split=args.split, max_tokens=args.max_tokens):
+                for _, record in records(path, split=args.split, max_tokens=args.max_tokens):
                     out.write(json.dumps(record, ensure_ascii=False) + "\n")
     except (AnalysisInputError, RecordError) as exc:
         print(f"error: {exc}", file=sys.stderr)

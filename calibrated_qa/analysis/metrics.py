@@ -1,15 +1,9 @@
 """Calibration metrics: the one definition of each number the analysis reports.
 
-Every metric is a ratio of sums over rollouts (or over question groups, for the self-ensemble).
-``tally`` adds those sums up per *unit* (a step, a question, a rollout) and ``finish`` turns one
-vector of sums into plain floats. A step's metrics are ``finish`` of its units' summed tally; a
-bootstrap resample is ``finish`` of the units' tally weighted by how often each unit was drawn
-(``bootstrap``), so resampling never needs a second definition of any metric.
-
-The definitions are written once, in ``DEFINITIONS`` (printed into every report). Prediction,
-correctness and confidence are ``calibrated_qa.reward``'s (the side of P(YES), never the answer
-word); Brier is the records' own; ECE bins the *integer percent* ``round(100 p)`` (with float
-edges 0.3 and 0.6 would fall into the bin below).
+Every metric is a ratio of sums: ``tally`` adds the sums up per unit (step, question, rollout),
+``finish`` turns one vector of sums into plain floats, so a step, a bootstrap resample (weighted
+units) and a diagram all share one definition. The definitions are written once, in
+``DEFINITIONS`` (printed into every report).
 """
 
 from __future__ import annotations
@@ -20,7 +14,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from calibrated_qa.analysis.readers import Rollouts
-from calibrated_qa.reward import answer_confidence, brier_score, is_correct
+from calibrated_qa.reward import brier_score
 
 N_BINS = 10
 # A length penalty below -PENALTY_TOLERANCE counts as "penalized"; the reference CSV stores rewards
@@ -77,11 +71,8 @@ _LEVELS = _BINS + 9 * N_BINS
 
 
 def percent_bin(p: ArrayLike) -> NDArray[np.int64]:
-    """Bin index 0..9 of each probability: integer percent ``round(100 p)`` half up, then // 10.
-
-    ``np.round(., 6)`` first removes float noise (``1 - 0.7`` is 0.30000000000000004) so a stated
-    30% always lands in [30, 40); 100% lands in the last, closed bin.
-    """
+    """Bin index 0..9 of each probability: integer percent ``round(100 p)`` half up, then // 10
+    (rounded to 6 places first: ``1 - 0.7`` must land in [30, 40))."""
     arr = np.asarray(p, dtype=np.float64)
     if arr.ndim != 1 or not np.all((arr >= 0) & (arr <= 1)):  # also rejects NaN
         raise ValueError("probabilities must be a 1-D array in [0, 1] (drop unparseable first)")
@@ -108,10 +99,7 @@ def _bins(out: NDArray[np.float64], block: int, unit: NDArray, p: NDArray, y: ND
 
 
 def tally(r: Rollouts, unit: NDArray[np.int64], n_units: int) -> Tally:
-    """The sums of every metric per unit (``unit`` gives each rollout its unit in range(n_units)).
-
-    The self-ensemble groups rollouts by (step, question); each group must lie in one unit.
-    """
+    """The sums of every metric per unit (``unit``: each rollout's unit in range(n_units))."""
     ok = r.parseable
     levels, level = np.unique(r.confidence[ok], return_inverse=True)
     out = np.zeros((n_units, _LEVELS + 2 * levels.size))
@@ -155,11 +143,7 @@ def question_groups(r: Rollouts) -> tuple[NDArray[np.int64], int]:
 def ensemble(
     r: Rollouts, unit: NDArray[np.int64] | None = None
 ) -> tuple[NDArray[np.float64], NDArray[np.bool_], NDArray[np.int64], int]:
-    """Self-ensemble: mean P(YES) over the parseable rollouts of each (step, question) group.
-
-    Returns (mean P(YES), truth, the group's unit, groups without a parseable rollout). Grouping
-    is by question identity, so interleaved appends from several workers cannot mix questions.
-    """
+    """Self-ensemble: mean P(YES) over the parseable rollouts of each (step, question) group."""
     group, n_groups = question_groups(r)
     ok = r.parseable
     n_ok = np.bincount(group[ok], minlength=n_groups)
@@ -189,11 +173,11 @@ def reliability(sums: NDArray[np.float64], block: int = 0) -> tuple[NDArray, NDA
         )
 
 
-def _ece(sums: NDArray[np.float64], block: int) -> float:
-    # sum_b n_b/n |mean p_b - freq_b| = sum_b |sum p_b - sum y_b| / n
-    start = _BINS + 3 * block * N_BINS
-    count, sum_p, sum_y = sums[start : start + 3 * N_BINS].reshape(3, N_BINS)
-    return _ratio(float(np.abs(sum_p - sum_y).sum()), float(count.sum()))
+def _eces(sums: NDArray[np.float64]) -> list[float]:
+    """ECE of each bin block: sum_b n_b/n |mean p_b - freq_b| = sum_b |sum p_b - sum y_b| / n."""
+    count, sum_p, sum_y = sums[_BINS:_LEVELS].reshape(3, 3, N_BINS).transpose(1, 0, 2)
+    gaps, n = np.abs(sum_p - sum_y).sum(axis=1).tolist(), count.sum(axis=1).tolist()
+    return [_ratio(gap, total) for gap, total in zip(gaps, n, strict=True)]
 
 
 def _auroc(pos: NDArray[np.float64], neg: NDArray[np.float64]) -> float:
@@ -207,11 +191,12 @@ def finish(sums: NDArray[np.float64], levels: int, identity: bool = True) -> dic
     n, ok, groups = s["n"], s["parseable"], s["groups"]
     pos, neg = sums[_LEVELS : _LEVELS + levels], sums[_LEVELS + levels : _LEVELS + 2 * levels]
     nan = float("nan")
+    ece_pyes, ece_conf, ece_ensemble = _eces(sums)
     return {
         "parse_rate": _ratio(ok, n),
         "accuracy": _ratio(s["correct"], n),
-        "ece_pyes": _ece(sums, 0),
-        "ece_conf": _ece(sums, 1),
+        "ece_pyes": ece_pyes,
+        "ece_conf": ece_conf,
         "brier": _ratio(s["brier"], ok),
         "auroc": _auroc(pos, neg),
         "reward": _ratio(s["reward"], n),
@@ -221,7 +206,7 @@ def finish(sums: NDArray[np.float64], levels: int, identity: bool = True) -> dic
         "penalized_frac": _ratio(s["penalized"], n),
         "mean_p_yes": _ratio(s["p_yes"], ok),
         "ensemble_brier": _ratio(s["ensemble_brier"], groups) if identity else nan,
-        "ensemble_ece_pyes": _ece(sums, 2) if identity else nan,
+        "ensemble_ece_pyes": ece_ensemble if identity else nan,
     }
 
 
@@ -235,58 +220,32 @@ def step_rows(r: Rollouts) -> list[dict[str, float]]:
     """One row per present step: step, n, questions, then ``METRIC_NAMES``."""
     steps, unit = np.unique(r.step, return_inverse=True)
     t = tally(r, unit, steps.size)
+    questions = [float("nan")] * steps.size
+    if t.identity:  # distinct (step, question) groups per step
+        first = np.unique(question_groups(r)[0], return_index=True)[1]
+        questions = np.bincount(unit[first], minlength=steps.size).tolist()
     rows = []
     for i, step in enumerate(steps.tolist()):
-        questions = np.unique(r.question[unit == i]).size if t.identity else float("nan")
-        row: dict[str, float] = {"step": step, "n": int(t.sums[i, 0]), "n_questions": questions}
+        row: dict[str, float] = {"step": step, "n": int(t.sums[i, 0]), "n_questions": questions[i]}
         rows.append(row | finish(t.sums[i], t.levels, t.identity))
     return rows
 
 
-def _plain(
-    p: ArrayLike, y: ArrayLike, score: ArrayLike | None = None, label: ArrayLike | None = None
-) -> dict[str, float | NDArray[np.float64]]:
-    """Every metric and the first reliability block of parseable rollouts given as plain arrays:
-    P(YES) and 0/1 outcomes, with the confidence/correctness pair (``score``/``label``) derived
-    from them as the readers do, or given (for AUROC of any score in [0, 1])."""
+def _block(p: ArrayLike, y: ArrayLike) -> NDArray[np.float64]:
+    """The tally sums of the P(YES) reliability block alone (what diagrams and ECE read)."""
     p, y = np.asarray(p, dtype=np.float64), np.asarray(y)
-    percent_bin(p)  # validates
     if y.shape != p.shape or not np.all((y == 0) | (y == 1)):
         raise ValueError("outcomes must be 0/1, one per probability")
-    y = y.astype(bool)
-    n, zeros, pairs = p.size, np.zeros(p.size), list(zip(p.tolist(), y.tolist(), strict=True))
-    if score is None:  # as the readers derive them, from calibrated_qa.reward
-        score = [answer_confidence(q) for q, _ in pairs]
-        label = [is_correct(q, t) for q, t in pairs]
-    r = Rollouts(
-        index=np.arange(n), file=zeros.astype(int), line=zeros.astype(int),
-        step=zeros.astype(int), question=np.full(n, -1), y=y, parseable=np.ones(n, bool),
-        correct=np.asarray(label).astype(bool), p_yes=p,
-        confidence=np.asarray(score, dtype=np.float64),
-        brier=np.array([brier_score(q, t) for q, t in pairs]),
-        reward=zeros, calibration_reward=zeros, length_penalty=zeros, length=zeros,
-    )  # fmt: skip
-    percent_bin(r.confidence)  # validates a given score
-    t = tally(r, np.zeros(n, dtype=np.int64), 1)
-    return finish(t.sums[0], t.levels, False) | {"bins": reliability(t.sums[0])}  # type: ignore[dict-item]
+    out = np.zeros((1, _LEVELS))
+    _bins(out, 0, np.zeros(p.size, dtype=np.int64), p, y.astype(bool))
+    return out[0]
 
 
 def reliability_bins(p: ArrayLike, y: ArrayLike) -> tuple[NDArray, NDArray, NDArray]:
     """Per bin: count, mean predicted p, observed frequency (the reliability diagram's data)."""
-    return _plain(p, y)["bins"]  # type: ignore[return-value]
+    return reliability(_block(p, y))
 
 
 def expected_calibration_error(p: ArrayLike, y: ArrayLike) -> float:
     """ECE of probabilities ``p`` against 0/1 outcomes ``y``; NaN when there is nothing to bin."""
-    return _plain(p, y)["ece_pyes"]  # type: ignore[return-value]
-
-
-def brier(p: ArrayLike, y: ArrayLike) -> float:
-    """Mean Brier score of ``p`` against 0/1 outcomes ``y``; NaN without rollouts."""
-    return _plain(p, y)["brier"]  # type: ignore[return-value]
-
-
-def auroc(score: ArrayLike, label: ArrayLike) -> float:
-    """AUROC of ``score`` (in [0, 1]) for 0/1 ``label``; NaN with one class (undefined)."""
-    s = np.asarray(score, dtype=np.float64)
-    return _plain(np.zeros(s.size), np.zeros(s.size), s, label)["auroc"]  # type: ignore[return-value]
+    return _eces(_block(p, y))[0]

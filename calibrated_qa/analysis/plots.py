@@ -41,11 +41,13 @@ def _pyplot() -> Any:
     return plt
 
 
-def _figure(rows: int, cols: int, width: float, height: float, title: str) -> tuple[Any, Any]:
+def _figure(
+    rows: int, cols: int, width: float, height: float, title: str, **share: Any
+) -> tuple[Any, Any]:
     """A grid with room for a title wrapped to the figure's width (never clipped)."""
     plt = _pyplot()
     total = max(width * cols, 6.0)  # a single panel still has room for its figure title
-    fig, axes = plt.subplots(rows, cols, figsize=(total, height * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(total, height * rows), squeeze=False, **share)
     lines = textwrap.wrap(title, int(total * 11))
     fig.suptitle("\n".join(lines), fontsize=12, y=1 - 0.1 / (height * rows), va="top")
     top = 1 - (0.75 + 0.22 * len(lines)) / (height * rows)  # room for two-line panel titles
@@ -57,7 +59,7 @@ def _figure(rows: int, cols: int, width: float, height: float, title: str) -> tu
 
 
 def _save(fig: Any, path: str | os.PathLike[str], dpi: int = 100) -> None:
-    fig.savefig(path, dpi=dpi)
+    fig.savefig(path, dpi=dpi, pil_kwargs={"compress_level": 1})  # zlib level 6 costs 3x
     _pyplot().close(fig)
 
 
@@ -97,11 +99,7 @@ def reliability_grid(
     title: str,
     labels: Sequence[tuple[str, str]],
 ) -> None:
-    """Reliability diagrams: one row of panels per entry of ``rows``, axis labels per row.
-
-    A single row wraps into a grid of at most 4 columns. Bars: observed frequency per bin;
-    line: mean stated probability vs frequency; numbers at the foot: rollouts in the bin.
-    """
+    """Reliability diagrams: one row of panels per entry of ``rows``, axis labels per row."""
     if len(rows) == 1:
         cols = max(1, min(4, len(rows[0])))
         items = [(p, *labels[0]) for p in rows[0]]
@@ -110,13 +108,28 @@ def reliability_grid(
         cols, n_rows, items = max(len(r) for r in rows), len(rows), []
         for r, lab in zip(rows, labels, strict=True):
             items += [(p, *lab) for p in r] + [None] * (cols - len(r))
-    fig, axes = _figure(n_rows, cols, 3.6, 3.3, title)
+    fig, axes = _figure(n_rows, cols, 3.6, 3.3, title, sharex=True, sharey=True)
     for ax, item in zip(axes.flat, items + [None] * (axes.size - len(items)), strict=True):
         if item is None:
             ax.set_visible(False)
         else:
             _reliability(ax, *item)
+            _outer(ax, axes, items, cols, same_row_labels=len(rows) == 1)
     _save(fig, path)
+
+
+def _outer(ax: Any, axes: Any, items: Sequence[Any], cols: int, same_row_labels: bool) -> None:
+    """Tick labels and axis labels on the outer panels only (all panels share both axes):
+    drawing text is most of a figure's cost. Rows of different meaning keep their x labels."""
+    i = list(axes.flat).index(ax)
+    below = i + cols
+    inner = below < len(items) and items[below] is not None
+    if same_row_labels and inner:
+        ax.set_xlabel("")
+    ax.tick_params(labelbottom=not (same_row_labels and inner))
+    if i % cols:
+        ax.set_ylabel("")
+        ax.tick_params(labelleft=False)
 
 
 def message_figure(path: str | os.PathLike[str], title: str, message: str) -> None:
@@ -133,9 +146,9 @@ def pyes_histograms(panels: Sequence[Panel], path: str | os.PathLike[str]) -> No
 
     cols = max(1, min(4, len(panels)))
     fig, axes = _figure(
-        math.ceil(len(panels) / cols), cols, 3.6, 3.1, "Stated P(YES) by true answer"
+        math.ceil(len(panels) / cols), cols, 3.6, 3.1, "Stated P(YES) by true answer", sharex=True
     )
-    fig.subplots_adjust(hspace=0.75)
+    fig.subplots_adjust(hspace=0.5)
     edges = np.linspace(-0.005, 1.005, 102)
     for ax, panel in zip(axes.flat, panels, strict=False):
         unparseable = panel.n_total - panel.p.size
@@ -156,8 +169,13 @@ def pyes_histograms(panels: Sequence[Panel], path: str | os.PathLike[str]) -> No
             )
         ax.set_ylim(bottom=0)
         ax.legend(fontsize=7, loc="upper center")
-    for ax in list(axes.flat)[len(panels) :]:
-        ax.set_visible(False)
+    for i, ax in enumerate(axes.flat):
+        if i >= len(panels):
+            ax.set_visible(False)
+        elif i + cols < len(panels):  # x ticks and label on the lowest panel of each column
+            ax.set_xlabel("")
+        else:
+            ax.tick_params(labelbottom=True)
     _save(fig, path)
 
 
@@ -255,4 +273,4 @@ def metric_curves(
     if steps.size == 1:
         for ax in axes.flat:
             ax.set_xlim(steps[0] - 1, steps[0] + 1)
-    _save(fig, path, dpi=100)
+    _save(fig, path)

@@ -59,6 +59,8 @@ class Options:
     plots: bool = True
     skip_bad_lines: bool = False
     allow_partial_step: bool = False
+    strict_eval: bool = False
+    episodes: str | None = None  # prime-rl 559b447 run dir: exact steps
     bootstrap: int = DEFAULT_RESAMPLES
     seed: int = 0
     progress: bool = True
@@ -90,11 +92,7 @@ class Analysis:
 
 
 def _orchestrator_rewards(options: Options, rows: list[dict[str, float]]) -> dict[int, float]:
-    """Per-step rewards of the orchestrator log; for the eval split, its per-round eval rewards.
-
-    The eval split is never compared with training-step rewards: the i-th ``Evaluated ...
-    (Avg@k=x`` line of the log is matched with the i-th eval round of the generation log.
-    """
+    """Per-step rewards of the orchestrator log; for the eval split, its per-round eval rewards."""
     assert options.orchestrator_log is not None
     if options.split != "eval":
         return read_orchestrator_rewards(options.orchestrator_log)
@@ -118,7 +116,13 @@ def analyze(generations: Sequence[str], shape: RunShape, options: Options) -> An
         progress=options.progress,
     )
     rollouts, attribution = attribute(
-        rollouts, split=options.split, shape=shape, allow_partial=options.allow_partial_step
+        rollouts,
+        split=options.split,
+        shape=shape,
+        allow_partial=options.allow_partial_step,
+        strict_eval=options.strict_eval,
+        episodes=options.episodes,
+        files=read.files,
     )
     if not len(rollouts):
         raise AnalysisInputError(f"no rollouts in the first {shape.max_steps} steps")
@@ -151,6 +155,7 @@ def analyze(generations: Sequence[str], shape: RunShape, options: Options) -> An
         orchestrator=orchestrator,
         purity=group_purity(rollouts, shape.rollouts_per_example),
     )
+    result.warnings += attribution.warnings
     if attribution.surplus_note:
         result.warnings.append(attribution.surplus_note)
     if attribution.partial_step is not None:
@@ -173,7 +178,8 @@ def analyze(generations: Sequence[str], shape: RunShape, options: Options) -> An
 # Files
 
 
-def _cell(value: object) -> str:
+def cell(value: object) -> str:
+    """A CSV cell: floats to 6 significant digits, NaN (does not exist) empty."""
     if isinstance(value, float):
         return "" if math.isnan(value) else f"{value:.6g}"
     return str(value)
@@ -188,7 +194,7 @@ def write_metrics_by_step(result: Analysis, path: Path) -> None:
         writer = csv.writer(f)
         writer.writerow(columns + extra + (["round"] if names else []))
         for row in result.rows:
-            cells = [_cell(row[c]) for c in columns + extra]
+            cells = [cell(row[c]) for c in columns + extra]
             if names:
                 cells.append(names.get(int(row["step"]), ""))
             writer.writerow(cells)
@@ -196,11 +202,8 @@ def write_metrics_by_step(result: Analysis, path: Path) -> None:
 
 def _texts(values: np.ndarray, keep: np.ndarray | None = None) -> list[str]:
     """The CSV text of each value: ``repr`` of the Python value (round-trip exact for floats,
-    as ``csv`` writes them), "" where ``keep`` is False (a value that does not exist).
-
-    Each distinct value is formatted once (probabilities, lengths and rewards repeat a lot);
-    floats are told apart by their bits, so -0.0 and 0.0 keep their own text.
-    """
+    as ``csv`` writes them), "" where ``keep`` is False (a value that does not exist). Each
+    distinct value is formatted once (floats by their bits: -0.0 keeps its sign)."""
     key = values.view(np.int64) if values.dtype == np.float64 else values
     _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
     distinct = [repr(v) for v in values[first].tolist()]
@@ -211,11 +214,7 @@ def _texts(values: np.ndarray, keep: np.ndarray | None = None) -> list[str]:
 
 
 def write_rollouts_csv(rollouts: Rollouts, path: Path) -> None:
-    """``calibration_metrics.csv``: the original per-rollout columns with a true ``parseable``.
-
-    Plus step, length, length_penalty, the question id (empty without identity), correctness and
-    confidence. Values that do not exist (P(YES) of an unparseable rollout) are left empty.
-    """
+    """``calibration_metrics.csv``: the original per-rollout columns with a true ``parseable``."""
     header = "index,step,reward,brier_score,p_yes,ground_truth,parseable,length,length_penalty,"
     header += "question_id,correct,confidence"
     ok = rollouts.parseable

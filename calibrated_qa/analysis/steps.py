@@ -1,31 +1,11 @@
 """Which training step (or eval round) each rollout belongs to, and how sure we can be.
 
-The environment cannot see the training step. Records are appended in completion order and the
-orchestrator consumes ``batch_size`` rollouts per step, so ``index // batch_size`` is the usual
-attribution. It is approximate: 4 env-server workers interleave their appends, so rollouts near a
-step boundary can land in the neighbouring step. Two cross-checks make the error visible:
-
-- the orchestrator's own per-step mean reward (``SUCCESS Step N | ... | Reward: x`` lines of its
-  stdout, or the reference run's ``orchestrator_steps.tsv``) against the attributed mean;
-- with question identity, how many (step, question) groups do not hold exactly
-  ``rollouts_per_example`` rollouts (a clean attribution leaves none).
-
-Records past the last step: prime-rl keeps up to ``max_inflight_rollouts`` (``batch_size`` by
-default) rollouts in flight; those that finish after the last step (e.g. during the final eval)
-are still logged. When ``max_steps`` is known (the config's top-level ``max_steps`` or
-``--max-steps``) only the first ``max_steps x batch_size`` records are attributed; the surplus is
-counted and reported, never turned into an extra step.
-
-Eval logs (prime-rl 6cae5cc, ``orchestrator.py`` + ``eval_utils.compute_eval_ckpt_step``, with
-``max_async_level = 0``): at the top of training step ``s`` the loaded checkpoint is ``s - 1``
-(``0`` at step 0), and an eval runs when ``compute_eval_ckpt_step`` says so. So the base model
-(checkpoint 0) is evaluated at step 0 when ``eval_base_model``, checkpoint ``k x interval`` at the
-top of step ``k x interval + 1`` (only while that step is ``< max_steps``: checkpoint
-``k x interval <= max_steps - 2``), and after the loop a *final* eval runs on checkpoint
-``max_steps - 1`` (the loop's last ``ckpt_step``; the weights of step ``max_steps`` may arrive
-mid-round). Each round is ``num_examples x rollouts_per_example`` records, appended in order.
-Rounds are labelled by the checkpoint they evaluate: 0, interval, 2 x interval, ..., and the final
-round ``max_steps - 1`` (named ``final``; it never collides with an online round).
+The environment cannot see the step: ``index // batch_size`` in log order is approximate (4
+env-server workers interleave appends), so it is cross-checked against the orchestrator's
+per-step reward and by counting (step, question) groups of the wrong size. Records past
+``max_steps x batch_size`` (still in flight at the end) are counted and left out. Eval rounds are
+labelled by the checkpoint they evaluate (prime-rl 6cae5cc's cadence:
+``run_config.eval_checkpoints``). Exact steps come from prime-rl 559b447's episode files.
 """
 
 from __future__ import annotations
@@ -33,29 +13,38 @@ from __future__ import annotations
 import csv
 import os
 import re
-from collections.abc import Mapping
+from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
+from calibrated_qa.analysis.episodes import (
+    EpisodeFileError,
+    read_episode_rollouts,
+    steps_of_records,
+)
 from calibrated_qa.analysis.metrics import question_groups
-from calibrated_qa.analysis.readers import AnalysisInputError, Rollouts
+from calibrated_qa.analysis.readers import AnalysisInputError, Rollouts, records
 from calibrated_qa.run_config import (
     RunConfig,
     RunConfigError,
     eval_checkpoints,
-    parse_run_config,
     read_run_config,
 )
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
-# prime-rl 6cae5cc, orchestrator.py: "Step {n} | Time: {t:.2f}s | Reward: {r:.4f} |..."
-# eval_utils.py: "Evaluated {env_name} in {eval_time:.2f}s (Avg@{k}={reward_mean:.4f}, ..."
-_EVAL_LINE = re.compile(r"\bEvaluated (\S+) in [0-9.]+s \(Avg@\d+=(-?[0-9.]+(?:e-?\d+)?)")
-_STEP_LINE = re.compile(r"\bSUCCESS\s+Step (\d+) \|.*?\| Reward: (-?[0-9.]+(?:e-?\d+)?) \|")
+# prime-rl 6cae5cc, orchestrator.py: "Step {n} | Time: {t:.2f}s | Reward: {r:.4f} |..."; 559b447,
+# log_train_batch: "Step {n} | {time} | Reward {r:.4f} |...". Eval, 6cae5cc eval_utils.py:
+# "Evaluated {env} in {t:.2f}s (Avg@{k}={r:.4f}, ..."; 559b447 finalize_eval_batch:
+# "Evaluated {env} (Step {n}) | Policy v{k} | {time} | Reward {r:.4f} |...".
+_NUMBER = r"(-?[0-9.]+(?:e-?\d+)?)"
+_EVAL_LINE = re.compile(
+    rf"\bEvaluated (\S+) (?:in [0-9.]+s \(Avg@\d+=|\(Step \d+\) \|[^|]*\|[^|]*\| Reward ){_NUMBER}"
+)
+_STEP_LINE = re.compile(rf"\bSUCCESS\s+Step (\d+) \|[^|]*\| Reward:? {_NUMBER} \|")
 
 
 @dataclass(frozen=True)
@@ -71,28 +60,11 @@ class RunShape:
     max_steps: int | None = None  # training steps of the run (top-level max_steps)
     max_steps_source: str = "--max-steps"  # where max_steps came from, for the report
 
-    @property
-    def has_eval(self) -> bool:
-        """The config has an ``[orchestrator.eval]`` table: online eval rounds run."""
-        return self.eval_interval is not None
-
 
 def read_run_shape(path: str | os.PathLike[str]) -> RunShape:
-    """Batch size, rollouts per example, max_tokens and eval cadence from a prime-rl TOML config.
-
-    Accepts the combined ``rl`` config and a bare orchestrator config; the keys are read by
-    ``calibrated_qa.run_config``, the one reader of a run config.
-    """
+    """Batch size, rollouts per example, max_tokens and eval cadence from a prime-rl TOML config."""
     try:
         return _shape(read_run_config(path))
-    except RunConfigError as exc:
-        raise AnalysisInputError(str(exc)) from None
-
-
-def run_shape_from_dict(config: Mapping[str, Any], source: str) -> RunShape:
-    """``read_run_shape`` of an already parsed config; ``source`` names it in error messages."""
-    try:
-        return _shape(parse_run_config(config, source))
     except RunConfigError as exc:
         raise AnalysisInputError(str(exc)) from None
 
@@ -122,21 +94,59 @@ class Attribution:
     surplus_note: str | None = None  # the loud sentence about them
     round_names: dict[int, str] = field(default_factory=dict)  # eval: step -> round name
     final_step: int | None = None  # eval: the step label of the final round, when identified
+    warnings: list[str] = field(default_factory=list)  # eval: short rounds
+
+
+EXACT = "exact: each record's step from prime-rl's episode files (--episodes)"
+
+
+def episode_steps(
+    rollouts: Rollouts, files: Sequence[str], run_dir: str | os.PathLike[str]
+) -> tuple[Rollouts, list[str]]:
+    """The rollouts with their exact step from prime-rl 559b447's episode files in ``run_dir``."""
+    try:
+        episodes = read_episode_rollouts(Path(run_dir))
+    except EpisodeFileError as exc:
+        raise AnalysisInputError(str(exc)) from None
+    if not episodes:
+        raise AnalysisInputError(
+            f"{run_dir}: no episode files (rollouts/step_N/train|eval/all/traces.jsonl)"
+        )
+    if rollouts.fmt != "project":
+        raise AnalysisInputError("--episodes needs this project's log (it matches completions)")
+    wanted = set(zip(rollouts.file.tolist(), rollouts.line.tolist(), strict=True))
+    logged = (
+        record
+        for file_no, path in enumerate(files)
+        for number, record in records(path, skip_bad_lines=True)
+        if (file_no, number) in wanted
+    )
+    match = steps_of_records(logged, episodes)
+    steps = np.array([-1 if s is None else s for s in match.steps], dtype=np.int64)
+    kept = rollouts.subset(steps >= 0)
+    kept.step[:] = steps[steps >= 0]
+    warnings = []
+    if match.unmatched:
+        warnings.append(
+            f"{match.unmatched} records match no episode in {run_dir} (left out: rollouts "
+            "that finished after the run's last step, or another run's records)"
+        )
+    if match.ambiguous:
+        warnings.append(f"{match.ambiguous} records had identical twins at other steps")
+    if not len(kept):
+        raise AnalysisInputError(f"no record of the log matches an episode in {run_dir}")
+    return kept, warnings
 
 
 def has_own_steps(rollouts: Rollouts) -> bool:
-    """The records carry their own step (converted from the original CSV): it is used as is."""
+    """The records carry their own step (the original CSV, or from episode files): used as is."""
     return bool(len(rollouts)) and bool(np.all(rollouts.step >= 0))
 
 
 def truncate_to_max_steps(
     rollouts: Rollouts, batch_size: int | None, max_steps: int | None, source: str
 ) -> tuple[Rollouts, int, str | None]:
-    """The records of the first ``max_steps`` steps, the surplus count, and a sentence about it.
-
-    For this project's log and the original log: the first ``max_steps x batch_size`` records (in
-    log order), before any multiple-of-batch check. For the CSV: rows with ``step < max_steps``.
-    """
+    """The records of the first ``max_steps`` steps, the surplus count, and a sentence about it."""
     if max_steps is None:
         return rollouts, 0, None
     if has_own_steps(rollouts):
@@ -167,12 +177,7 @@ def truncate_to_max_steps(
 def attribute_steps(
     rollouts: Rollouts, batch_size: int | None, *, allow_partial: bool = False
 ) -> Attribution:
-    """Set ``rollouts.step`` to ``index // batch_size`` (in place), unless the format has steps.
-
-    A record count that is not a multiple of ``batch_size`` means either a wrong batch size or a
-    run that stopped mid-step; it is an error unless ``allow_partial`` (then the last step is
-    flagged partial). Records past ``max_steps`` must be cut first (``truncate_to_max_steps``).
-    """
+    """Set ``rollouts.step`` to ``index // batch_size`` (in place), unless the format has steps."""
     if has_own_steps(rollouts):
         steps, counts = np.unique(rollouts.step, return_counts=True)
         if batch_size is not None:
@@ -202,6 +207,36 @@ def attribute_steps(
     return Attribution(method, full if rest else None, rest)
 
 
+def _round_starts(rollouts: Rollouts, per_question: int) -> list[int]:
+    """Where each eval round starts: a question seen ``per_question`` times opens the next round.
+
+    A short round (eval runs with ``max_retries=0``) would swallow the next round's first records
+    of its missing questions; with record times, the boundary moves back to the largest time gap
+    among the records that could still belong to the next round (training runs between rounds).
+    """
+    question, time = rollouts.question, rollouts.time
+    starts, seen = [0], defaultdict(int)
+    for i, q in enumerate(question.tolist()):
+        if seen[q] == per_question:
+            starts.append(i)
+            seen.clear()
+        seen[q] += 1
+    if len(starts) == 1 or not np.all(time > 0):
+        return starts
+    for k in range(1, len(starts)):
+        b, following = starts[k], defaultdict(int)
+        end = starts[k + 1] if k + 1 < len(starts) else len(question)
+        for q in question[b:end].tolist():
+            following[q] += 1
+        j = b  # earliest start keeping the next round within per_question per question
+        while j - 1 > starts[k - 1] and following[int(question[j - 1])] < per_question:
+            j -= 1
+            following[int(question[j])] += 1
+        gaps = time[j : b + 1] - time[j - 1 : b]
+        starts[k] = b - int(np.argmax(gaps[::-1]))  # on a tie, identity's boundary stays
+    return starts
+
+
 def attribute_eval_rounds(
     rollouts: Rollouts,
     eval_size: int | None,
@@ -210,50 +245,75 @@ def attribute_eval_rounds(
     base_model: bool = True,
     rollouts_per_example: int | None = None,
     max_steps: int | None = None,
+    strict: bool = False,
 ) -> Attribution:
     """Set ``rollouts.step`` to the checkpoint each record's eval round evaluates (in place).
 
-    With ``num_examples = -1`` (the whole eval set) the round size is not in the config; it is
-    then the number of distinct questions x ``rollouts_per_example``, when identity is known.
-    See the module docstring for the labels (the final round: ``max_steps - 1``, when known).
+    Rounds by question identity when ``rollouts_per_example`` is known, else by position; a
+    short round is a warning (an error when ``strict``), a larger one an error.
     """
-    if eval_size is None and rollouts_per_example and rollouts.has_identity:
-        eval_size = int(np.unique(rollouts.question).size) * rollouts_per_example
-    if eval_size is None or interval is None:
+    n = len(rollouts)
+    by_identity = bool(rollouts_per_example) and rollouts.has_identity
+    if by_identity:
+        expected = eval_size or int(np.unique(rollouts.question).size) * rollouts_per_example
+    else:
+        expected = eval_size
+    if expected is None or interval is None:
         rollouts.step[:] = 0
         return Attribution("all eval records pooled as one round (no --eval-size/--eval-interval)")
-    n = len(rollouts)
-    rounds, rest = divmod(n, eval_size)
-    if rest:
-        raise AnalysisInputError(
-            f"{n} eval records is not a multiple of the eval round size {eval_size} "
-            f"({rounds} rounds + {rest} records): check --eval-size (num_examples x rollouts)"
-        )
+    if by_identity:
+        starts = _round_starts(rollouts, rollouts_per_example)  # type: ignore[arg-type]
+        how = f"by question identity (each question at most {rollouts_per_example}x per round)"
+    else:
+        rounds, rest = divmod(n, expected)
+        if rest:
+            raise AnalysisInputError(
+                f"{n} eval records is not a multiple of the eval round size {expected} "
+                f"({rounds} rounds + {rest} records): check --eval-size (num_examples x "
+                "rollouts), or give --eval-rollouts-per-example to find rounds by question"
+            )
+        starts = list(range(0, n, expected))
+        how = f"by position ({expected} records each)"
+    sizes = np.diff([*starts, n])
+    rounds = len(starts)
     online, final = eval_checkpoints(
         interval, base_model=base_model, max_steps=max_steps, rounds=rounds
     )
     labels = online + ([final] if final is not None else [])
     if rounds > len(labels):
         raise AnalysisInputError(
-            f"{rounds} eval rounds of {eval_size} records, but a run of max_steps={max_steps} "
-            f"with interval {interval} evaluates only {len(labels)} (checkpoints {online} and "
-            f"final {final}): a resumed run that repeated rounds, or a wrong max_steps/interval"
+            f"{rounds} eval rounds, but a run of max_steps={max_steps} with interval {interval} "
+            f"evaluates only {len(labels)} (checkpoints {online} and final {final}): a resumed "
+            "run that repeated rounds, or a wrong max_steps/interval"
         )
     labels = labels[:rounds]
     final_step = final if final is not None and rounds == len(online) + 1 else None
     names = {c: ("base model (checkpoint 0)" if c == 0 else f"checkpoint {c}") for c in labels}
     if final_step is not None:
         names[final_step] = f"final (checkpoint {final_step})"
-    rollouts.step[:] = np.asarray(labels, dtype=np.int64)[np.arange(n) // eval_size]
-    method = (
-        f"eval round = record position // {eval_size}, labelled by the checkpoint it evaluates: "
-        + ", ".join(names[c] for c in labels)
+    warnings = []
+    for label, size in zip(labels, sizes.tolist(), strict=True):
+        if size > expected:
+            raise AnalysisInputError(
+                f"eval round {names[label]} holds {size} records, more than the {expected} "
+                "expected (num_examples x rollouts_per_example): check the eval settings"
+            )
+        if size < expected:
+            warnings.append(
+                f"eval round {names[label]} is short: {size} of {expected} records (failed eval "
+                "rollouts are not retried: prime-rl runs eval with max_retries=0)"
+            )
+    if warnings and strict:
+        raise AnalysisInputError("; ".join(warnings) + " (--strict-eval)")
+    rollouts.step[:] = np.repeat(np.asarray(labels, dtype=np.int64), sizes)
+    method = f"eval rounds {how}, labelled by the checkpoint they evaluate: " + ", ".join(
+        f"{names[c]} n={size}" for c, size in zip(labels, sizes.tolist(), strict=True)
     )
     if max_steps is None:
         method += " (without max_steps the final eval round cannot be told apart)"
     elif final_step is None:
         method += f" (no final round: the run stopped before max_steps={max_steps})"
-    return Attribution(method, round_names=names, final_step=final_step)
+    return Attribution(method, round_names=names, final_step=final_step, warnings=warnings)
 
 
 def _log_text(source: Path) -> str:
@@ -284,10 +344,7 @@ def read_orchestrator_rewards(path: str | os.PathLike[str]) -> dict[int, float]:
 
 
 def read_orchestrator_eval_rewards(path: str | os.PathLike[str]) -> list[float]:
-    """Mean reward of each eval round, in order, from prime-rl's ``Evaluated ... (Avg@k=x`` lines.
-
-    One eval environment only (this project's); a log with several names is refused.
-    """
+    """Mean reward of each eval round, in order, from prime-rl's ``Evaluated ...`` lines."""
     source = Path(path)
     found = [(m.group(1), float(m.group(2))) for m in _EVAL_LINE.finditer(_log_text(source))]
     names = sorted({name for name, _ in found})
@@ -310,13 +367,20 @@ def attribute(
     split: str,
     shape: RunShape,
     allow_partial: bool = False,
+    strict_eval: bool = False,
+    episodes: str | None = None,
+    files: Sequence[str] = (),
 ) -> tuple[Rollouts, Attribution]:
-    """Steps (train) or eval rounds (eval) for every rollout: the one path both CLIs take.
-
-    Training: records past ``max_steps x batch_size`` are cut and counted first, then
-    ``attribute_steps``. Eval (not the CSV, which has its own step column):
-    ``attribute_eval_rounds``.
-    """
+    """Steps (train) or eval rounds (eval) for every rollout: the one path both CLIs take."""
+    if episodes is not None:
+        rollouts, warnings = episode_steps(rollouts, files, episodes)
+        if split == "eval":
+            names = {int(s): f"eval at step {int(s)}" for s in np.unique(rollouts.step)}
+            return rollouts, Attribution(EXACT, round_names=names, warnings=warnings)
+        kept, surplus, note = truncate_to_max_steps(
+            rollouts, shape.batch_size, shape.max_steps, shape.max_steps_source
+        )
+        return kept, Attribution(EXACT, surplus=surplus, surplus_note=note, warnings=warnings)
     if split == "eval" and not has_own_steps(rollouts):
         attribution = attribute_eval_rounds(
             rollouts,
@@ -325,15 +389,14 @@ def attribute(
             base_model=shape.eval_base_model,
             rollouts_per_example=shape.eval_rollouts_per_example,
             max_steps=shape.max_steps,
+            strict=strict_eval,
         )
         return rollouts, attribution
     kept, surplus, note = truncate_to_max_steps(
         rollouts, shape.batch_size, shape.max_steps, shape.max_steps_source
     )
     attribution = attribute_steps(kept, shape.batch_size, allow_partial=allow_partial)
-    if surplus:
-        attribution = replace(attribution, surplus=surplus, surplus_note=note)
-    return kept, attribution
+    return kept, replace(attribution, surplus=surplus, surplus_note=note)
 
 
 def group_purity(rollouts: Rollouts, rollouts_per_example: int | None) -> tuple[int, int] | None:

@@ -1,4 +1,4 @@
-"""scripts/prime_rl_episodes.py on episode files in the real format: verifiers' own
+"""calibrated_qa/analysis/episodes.py on episode files in the real format: verifiers' own
 ``Episode.to_record()``, laid out as prime-rl 559b447's ``FileMonitor.log_episodes`` writes them,
 next to the generation log that ``GenerationLogEnv.finalize`` wrote for the same episodes."""
 
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import verifiers.v1 as vf
 
+from calibrated_qa.analysis.episodes import read_episode_rollouts, steps_of_records
 from calibrated_qa.records import LOG_FILE_NAMES, validate_record
-from scripts.prime_rl_episodes import read_episode_rollouts, steps_of_records
 from tests.v1.test_taskset import BOOLQ, log_env, trace_of
 
 REPLIES = [

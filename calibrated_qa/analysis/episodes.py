@@ -1,21 +1,9 @@
-"""Exact training steps of generation-log records, from today's prime-rl's per-step episode files.
+"""Exact steps of generation-log records from prime-rl 559b447's per-step episode files.
 
-On the pinned stack the step of a record is inferred (``index // batch_size``, approximate; see
-``calibrated_qa/analysis/steps.py``). prime-rl 559b447's file monitor (``src/prime_rl/monitors/
-file.py``, ``FileMonitor.log_episodes``, on by default) writes every episode, as verifiers'
-``Episode.to_record()``, one JSON object per line, to
-
-    <output_dir>/rollouts/step_<N>/<train|eval>/<all|effective>/traces.jsonl
-
-``all`` holds every episode that finished for step N, ``effective`` those shipped to the trainer.
-An episode carries its task's data (``idx``: the record's ``example_id``) and its traces (each
-sampled assistant message: the record's ``completion``), so a record's step is looked up, not
-inferred: key ``(split, example_id, completion)``. The orchestrator's step line changed too
-(``orchestrator.py``, ``log_train_batch``): ``Step N | <time> | Reward 0.1234 | ...``, the mean
-reward of the traces shipped to the trainer at step N.
-
-This module is not part of the environment package (it would ship in the wheel) and not yet of
-``calibrated_qa.analysis``: it is meant to move there, unchanged, as ``episodes.py``.
+Its file monitor (``monitors/file.py``, ``FileMonitor.log_episodes``) writes every episode to
+``<output_dir>/rollouts/step_<N>/<train|eval>/<all|effective>/traces.jsonl``; a record's step is
+looked up by ``(split, example_id, completion)``, not inferred. Stdlib only (the v1 tests import
+it without numpy).
 """
 
 from __future__ import annotations
@@ -31,8 +19,6 @@ from typing import Any, Literal
 Split = Literal["train", "eval"]
 Subset = Literal["all", "effective"]
 _STEP_DIR = re.compile(r"^step_(\d+)$")
-# prime-rl 559b447, orchestrator.py log_train_batch: "Step {step} | {time} | Reward {r:.4f} | ..."
-_STEP_LINE = re.compile(r"\bStep (\d+) \|[^|]*\| Reward (-?[0-9.]+(?:e-?\d+)?) \|")
 
 
 class EpisodeFileError(ValueError):
@@ -96,11 +82,7 @@ def _rollouts_of(record: Any, step: int, split: Split, where: str) -> list[Episo
 
 
 def read_episode_rollouts(run_dir: Path, subset: Subset = "all") -> list[EpisodeRollout]:
-    """Every trace in the run's episode files, in step order, then file order.
-
-    A torn last line (a writer killed mid-line: no final newline) is skipped; any other line
-    that is not an episode record is an error naming the file, line and field.
-    """
+    """Every trace in the run's episode files, in step order, then file order."""
     rollouts: list[EpisodeRollout] = []
     for step, split, path in episode_files(run_dir, subset):
         text = path.read_text(encoding="utf-8")
@@ -130,12 +112,8 @@ class StepMatch:
 def steps_of_records(
     records: Iterable[Mapping[str, Any]], rollouts: Sequence[EpisodeRollout]
 ) -> StepMatch:
-    """The exact step of each generation-log record (schema 1), looked up in ``rollouts``.
-
-    Identical keys (the same question answered with the same text) are assigned to their steps
-    in order: records are appended, and episode files written, as rollouts finish. Only traces
-    that were scored (``ok``) are candidates, as only those are logged.
-    """
+    """The exact step of each generation-log record (schema 1), looked up in ``rollouts``;
+    identical keys are assigned in order (records and episodes are written as rollouts finish)."""
     by_key: dict[tuple[str, int, str], deque[int]] = defaultdict(deque)
     for rollout in rollouts:
         if rollout.ok:
@@ -153,8 +131,3 @@ def steps_of_records(
         ambiguous += key in ambiguous_keys
         steps.append(queue.popleft())
     return StepMatch(steps, unmatched, ambiguous)
-
-
-def read_step_rewards(orchestrator_log: str) -> dict[int, float]:
-    """Per-step mean reward from prime-rl 559b447's orchestrator log text (``Step N | ...``)."""
-    return {int(m.group(1)): float(m.group(2)) for m in _STEP_LINE.finditer(orchestrator_log)}
