@@ -88,8 +88,6 @@ def _parser(doc: str) -> argparse.ArgumentParser:
         action="store_true",
         help="the log has no base-model eval round (the first round is --eval-interval)",
     )
-    # Accepted for older callers only: M is read from the records.
-    shape.add_argument("--max-tokens", type=positive_int, help=argparse.SUPPRESS)
     parser.add_argument("--skip-bad-lines", action="store_true", help="skip and count bad lines")
     parser.add_argument(
         "--allow-partial-step",
