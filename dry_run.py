@@ -35,10 +35,14 @@ REPO = Path(__file__).resolve().parent
 
 
 def read_jsonl(path: Path) -> list[dict]:
+    """Every whole line of ``path``. An unterminated last line is what a writer stopped mid-write
+    leaves (env workers are stopped with rollouts still in flight, as prime-rl stops them; the
+    next append would close it: calibrated_qa/records.py); it is left out, as the analysis does."""
     if not path.exists():
         return []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    return [json.loads(line) for line in lines]
+    text = path.read_text(encoding="utf-8")
+    lines = text.split("\n")[:-1]  # the last piece is "" or the torn line
+    return [json.loads(line) for line in lines if line]
 
 
 def check(config: RunConfig, result: RunResult, out: Path) -> tuple[list[str], dict]:

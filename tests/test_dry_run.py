@@ -17,6 +17,7 @@ import psutil
 import pytest
 
 from calibrated_qa.records import validate_record
+from dry_run import read_jsonl  # whole lines; an unterminated last line is left out
 from dryrun.build import BuiltModel, build_model
 from dryrun.orchestrator import eval_sampling_args, sent_fields, train_sampling_args
 from tests.test_dry_run_checks import DRY
@@ -33,10 +34,6 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> BuiltModel:
 def command(out: Path, built: BuiltModel) -> list[str]:
     return [sys.executable, str(REPO / "dry_run.py"), "--out", str(out),
             "--cache-dir", str(built.path.parent)]  # fmt: skip
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
 @pytest.mark.timeout(600)

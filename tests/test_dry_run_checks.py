@@ -182,3 +182,16 @@ def test_a_config_the_dry_run_cannot_run_is_refused_by_name(tmp_path: Path) -> N
     assert run.returncode == 1
     assert f"dry run failed: {config}: the dry run needs [orchestrator.eval]" in run.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_an_unterminated_last_line_is_left_out_and_any_other_bad_line_fails(tmp_path: Path) -> None:
+    """Env workers stopped mid-write leave a torn last line (records.py closes it on the next
+    append); the check reads the whole lines, as the analysis does, and fails on any other."""
+    from dry_run import read_jsonl
+
+    log = tmp_path / "generations.jsonl"
+    log.write_text('{"a": 1}\n{"b": 2}\n{"c": "to')
+    assert read_jsonl(log) == [{"a": 1}, {"b": 2}]
+    log.write_text('{"a": 1}\n{"c": "to\n{"b": 2}\n')
+    with pytest.raises(json.JSONDecodeError):
+        read_jsonl(log)
