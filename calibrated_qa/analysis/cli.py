@@ -16,10 +16,10 @@ from typing import Any
 
 from calibrated_qa.analysis.bootstrap import DEFAULT_RESAMPLES
 from calibrated_qa.analysis.compare import compare, parse_spec, write_comparison
-from calibrated_qa.analysis.readers import AnalysisInputError, read_rollouts
-from calibrated_qa.analysis.report import Options, analyze, readme_section, write_outputs
+from calibrated_qa.analysis.readers import AnalysisInputError
+from calibrated_qa.analysis.report import Options, analyze, load, readme_section, write_outputs
 from calibrated_qa.analysis.samples import choose, render
-from calibrated_qa.analysis.steps import RunShape, attribute, read_run_shape
+from calibrated_qa.analysis.steps import RunShape, read_run_shape
 from calibrated_qa.records import RecordError
 
 ANALYZE_DOC = """Calibration analysis of a generation log: per-step metrics, reliability, summary.
@@ -167,39 +167,29 @@ def analyze_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """``analyze_calibration.py``: 0 on success, 2 on unusable input (the message on stderr)."""
     args = analyze_parser().parse_args(argv)
+    options = Options(
+        split=args.split or ("eval" if args.compare else "train"),
+        group_size=args.group_size,
+        orchestrator_log=args.orchestrator_log,
+        plots=not args.no_plots,
+        skip_bad_lines=args.skip_bad_lines,
+        allow_partial_step=args.allow_partial_step,
+        strict_eval=args.strict_eval,
+        episodes=args.episodes,
+        bootstrap=args.bootstrap,
+        seed=args.seed,
+        progress=not args.quiet,
+    )
     try:
         shape = run_shape(args)
         if args.compare:
-            entries = compare(
-                [parse_spec(text) for text in args.compare],
-                shape,
-                split=args.split or "eval",
-                skip_bad_lines=args.skip_bad_lines,
-                resamples=args.bootstrap,
-                seed=args.seed,
-                progress=not args.quiet,
-                strict_eval=args.strict_eval,
-                episodes=args.episodes,
-            )
+            entries = compare([parse_spec(text) for text in args.compare], shape, options)
             for entry in entries:
                 for warning in entry.warnings:
                     print(f"warning: --compare {entry.spec.label}: {warning}", file=sys.stderr)
-            write_comparison(entries, args.out, plots_too=not args.no_plots)
+            write_comparison(entries, args.out, plots_too=options.plots)
             print(f"wrote comparison of {len(entries)} logs to {args.out}")
             return 0
-        options = Options(
-            split=args.split or "train",
-            group_size=args.group_size,
-            orchestrator_log=args.orchestrator_log,
-            plots=not args.no_plots,
-            skip_bad_lines=args.skip_bad_lines,
-            allow_partial_step=args.allow_partial_step,
-            strict_eval=args.strict_eval,
-            episodes=args.episodes,
-            bootstrap=args.bootstrap,
-            seed=args.seed,
-            progress=not args.quiet,
-        )
         result = analyze(args.generations, shape, options)
         written = write_outputs(result, args.out)
         if args.readme_section:
@@ -225,19 +215,15 @@ def samples_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", choices=("train", "eval"), default="train")
     parser.add_argument("--confident", type=float, default=0.8, help="confidence threshold")
     args = parser.parse_args(argv)
+    options = Options(
+        split=args.split,
+        skip_bad_lines=args.skip_bad_lines,
+        allow_partial_step=args.allow_partial_step,
+        strict_eval=args.strict_eval,
+        episodes=args.episodes,
+    )
     try:
-        rollouts, read = read_rollouts(
-            args.generations, split=args.split, skip_bad_lines=args.skip_bad_lines
-        )
-        rollouts, attribution = attribute(
-            rollouts,
-            split=args.split,
-            shape=run_shape(args),
-            allow_partial=args.allow_partial_step,
-            strict_eval=args.strict_eval,
-            episodes=args.episodes,
-            files=read.files,
-        )
+        rollouts, read, attribution = load(args.generations, run_shape(args), options)
         for warning in [attribution.surplus_note, *attribution.warnings]:
             if warning:
                 print(f"warning: {warning}", file=sys.stderr)
