@@ -1,9 +1,7 @@
 """Exact steps of generation-log records from prime-rl 559b447's per-step episode files.
 
-Its file monitor (``monitors/file.py``, ``FileMonitor.log_episodes``) writes every episode to
-``<output_dir>/rollouts/step_<N>/<train|eval>/<all|effective>/traces.jsonl``; a record's step is
-looked up by ``(split, example_id, completion)``, not inferred. Stdlib only (the v1 tests import
-it without numpy).
+Written by ``monitors/file.py``, ``FileMonitor.log_episodes``; a record's step is looked up by
+``(split, example_id, completion)``. Stdlib only (the v1 tests import it without numpy).
 """
 
 from __future__ import annotations
