@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +121,12 @@ def run_shape(args: argparse.Namespace) -> RunShape:
     return replace(base, **explicit)
 
 
+def _options(args: argparse.Namespace, **given: Any) -> Options:
+    """The ``Options`` named like the parsed arguments, then ``given``."""
+    names = {f.name for f in fields(Options)} & vars(args).keys()
+    return Options(**{name: getattr(args, name) for name in names} | given)
+
+
 def analyze_parser() -> argparse.ArgumentParser:
     """The options of ``analyze_calibration.py``."""
     parser = _parser(ANALYZE_DOC)
@@ -167,19 +173,8 @@ def analyze_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """``analyze_calibration.py``: 0 on success, 2 on unusable input (the message on stderr)."""
     args = analyze_parser().parse_args(argv)
-    options = Options(
-        split=args.split or ("eval" if args.compare else "train"),
-        group_size=args.group_size,
-        orchestrator_log=args.orchestrator_log,
-        plots=not args.no_plots,
-        skip_bad_lines=args.skip_bad_lines,
-        allow_partial_step=args.allow_partial_step,
-        strict_eval=args.strict_eval,
-        episodes=args.episodes,
-        bootstrap=args.bootstrap,
-        seed=args.seed,
-        progress=not args.quiet,
-    )
+    split = args.split or ("eval" if args.compare else "train")
+    options = _options(args, split=split, plots=not args.no_plots, progress=not args.quiet)
     try:
         shape = run_shape(args)
         if args.compare:
@@ -215,15 +210,8 @@ def samples_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", choices=("train", "eval"), default="train")
     parser.add_argument("--confident", type=float, default=0.8, help="confidence threshold")
     args = parser.parse_args(argv)
-    options = Options(
-        split=args.split,
-        skip_bad_lines=args.skip_bad_lines,
-        allow_partial_step=args.allow_partial_step,
-        strict_eval=args.strict_eval,
-        episodes=args.episodes,
-    )
     try:
-        rollouts, read, attribution = load(args.generations, run_shape(args), options)
+        rollouts, read, attribution = load(args.generations, run_shape(args), _options(args))
         for warning in [attribution.surplus_note, *attribution.warnings]:
             if warning:
                 print(f"warning: {warning}", file=sys.stderr)

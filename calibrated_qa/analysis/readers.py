@@ -173,7 +173,12 @@ def _blocks(path: Path) -> Iterator[tuple[int, bytes, int]]:
 
 def _torn_or_bad(report: ReadReport, where: str, line: bytes, exc: Exception, skip: bool) -> None:
     if line.endswith(b"\n") or isinstance(exc, RecordError):
-        _bad(report, where, exc, skip)
+        if not skip:
+            raise AnalysisInputError(
+                f"{where}: malformed line ({exc.__class__.__name__}: {exc}); "
+                "pass --skip-bad-lines to skip such lines and count them"
+            ) from exc
+        report.skipped_lines.append(where)
         return
     report.torn_lines.append(where)
     warnings.warn(
@@ -252,15 +257,6 @@ def records(path: str | os.PathLike[str], **options: Any) -> Iterator[tuple[int,
     """(line number, parsed line) of every record of one file: ``batches`` one by one."""
     for numbers, objs in batches(path, **options):
         yield from zip(numbers, objs, strict=True)
-
-
-def _bad(report: ReadReport, where: str, exc: Exception, skip: bool) -> None:
-    if not skip:
-        raise AnalysisInputError(
-            f"{where}: malformed line ({exc.__class__.__name__}: {exc}); "
-            "pass --skip-bad-lines to skip such lines and count them"
-        ) from exc
-    report.skipped_lines.append(where)
 
 
 # Every field but the texts, which are type-checked and never kept.

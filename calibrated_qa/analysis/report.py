@@ -390,22 +390,17 @@ def readme_section(result: Analysis, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _panels(result: Analysis) -> list[tuple[str, Rollouts]]:
-    rollouts = result.rollouts
-    size = result.options.group_size
-    n_steps = len(result.rows)
-    if size is None:
-        size = max(1, math.ceil(n_steps / MAX_PANELS))
-    out = []
-    for group in step_groups(rollouts.step, size):
-        name = f"step {group[0]}" if len(group) == 1 else f"steps {group[0]}-{group[-1]}"
-        out.append((name, rollouts.subset(np.isin(rollouts.step, group))))
-    return out
-
-
 def write_plots(result: Analysis, out: Path) -> None:
     """The four figures (matplotlib imported here only)."""
-    groups = _panels(result)
+    rollouts = result.rollouts
+    size = result.options.group_size or max(1, math.ceil(len(result.rows) / MAX_PANELS))
+    groups = [
+        (
+            f"step {group[0]}" if len(group) == 1 else f"steps {group[0]}-{group[-1]}",
+            rollouts.subset(np.isin(rollouts.step, group)),
+        )
+        for group in step_groups(rollouts.step, size)
+    ]
     rollout_panels = [
         plots.Panel(name, part.p_yes[part.parseable], part.y[part.parseable], len(part))
         for name, part in groups
