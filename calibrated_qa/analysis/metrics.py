@@ -157,18 +157,6 @@ def _ratio(a: float, b: float) -> float:
     return float(a / b) if b > 0 else float("nan")
 
 
-def reliability(sums: NDArray[np.float64], block: int = 0) -> tuple[NDArray, NDArray, NDArray]:
-    """(count, mean p, observed frequency) per bin of one tally row; NaN in empty bins."""
-    start = _BINS + 3 * block * N_BINS
-    count, sum_p, sum_y = sums[start : start + 3 * N_BINS].reshape(3, N_BINS)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return (
-            count,
-            np.where(count > 0, sum_p / count, np.nan),
-            np.where(count > 0, sum_y / count, np.nan),
-        )
-
-
 def _eces(sums: NDArray[np.float64]) -> list[float]:
     """ECE of each bin block: sum_b n_b/n |mean p_b - freq_b| = sum_b |sum p_b - sum y_b| / n."""
     count, sum_p, sum_y = sums[_BINS:_LEVELS].reshape(3, 3, N_BINS).transpose(1, 0, 2)
@@ -238,8 +226,11 @@ def _block(p: ArrayLike, y: ArrayLike) -> NDArray[np.float64]:
 
 
 def reliability_bins(p: ArrayLike, y: ArrayLike) -> tuple[NDArray, NDArray, NDArray]:
-    """Per bin: count, mean predicted p, observed frequency (the reliability diagram's data)."""
-    return reliability(_block(p, y))
+    """Per bin: count, mean predicted p, observed frequency (NaN in empty bins)."""
+    count, sum_p, sum_y = _block(p, y)[_BINS : _BINS + 3 * N_BINS].reshape(3, N_BINS)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_p, freq = (np.where(count > 0, s / count, np.nan) for s in (sum_p, sum_y))
+    return count, mean_p, freq
 
 
 def expected_calibration_error(p: ArrayLike, y: ArrayLike) -> float:

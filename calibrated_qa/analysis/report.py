@@ -134,17 +134,9 @@ def analyze(generations: Sequence[str], shape: RunShape, options: Options) -> An
         first_last[step], unit = with_intervals(
             rollouts.subset(rollouts.step == step), resamples=options.bootstrap, seed=options.seed
         )
+    purity = group_purity(rollouts, shape.rollouts_per_example)
     result = Analysis(
-        options=options,
-        shape=shape,
-        rollouts=rollouts,
-        read=read,
-        attribution=attribution,
-        rows=rows,
-        first_last=first_last,
-        bootstrap_unit=unit,
-        orchestrator=orchestrator,
-        purity=group_purity(rollouts, shape.rollouts_per_example),
+        options, shape, rollouts, read, attribution, rows, first_last, unit, orchestrator, purity
     )
     warn = result.warnings
     warn += attribution.warnings + [attribution.surplus_note] * bool(attribution.surplus_note)
