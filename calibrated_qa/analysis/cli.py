@@ -1,9 +1,5 @@
-"""The two command lines, ``analyze_calibration.py`` and ``sample_generations.py``.
-
-Both take the run's shape the same way (``--config``, overridden by explicit numbers), so the two
-scripts cannot drift apart; ``main`` and ``samples_main`` are also the in-process entries.
-``max_tokens`` is not an option: the records carry the M of their length penalty.
-"""
+"""The two command lines, ``analyze_calibration.py`` and ``sample_generations.py``: one parser
+of the run's shape, so they cannot drift apart; ``main`` and ``samples_main`` run in-process."""
 
 from __future__ import annotations
 

@@ -1,8 +1,7 @@
 """Several eval logs side by side (e.g. base vs trained model): one table, one figure.
 
-``LABEL=PATH[@STEP|@final|@all]`` picks one eval round of a log (never pooled silently). Each
-label after the first gets its difference from the first with a *paired* bootstrap interval over
-the questions present in both (the questions are drawn once per resample for both logs).
+``LABEL=PATH[@STEP|@final|@all]`` picks one eval round (never pooled silently); each label after
+the first gets a *paired* bootstrap interval of its difference from the first.
 """
 
 from __future__ import annotations
