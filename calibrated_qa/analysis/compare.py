@@ -149,24 +149,24 @@ def _select(
             "the final round needs max_steps (--config with top-level max_steps, or "
             "--max-steps) and a run that reached it"
         )
-    if spec.select != FINAL and spec.step is None:
+    step = final if spec.select == FINAL else spec.step
+    if step is None:  # no selector: the log must hold one round
         if len(names) > 1:
             raise AnalysisInputError(
                 f"{name}: {spec.path} holds {len(names)} eval rounds ({found}); {SELECT_HINT}"
             )
         return rollouts, next(iter(names.values())), warnings
-    step = final if spec.select == FINAL else spec.step
     if step not in names:
         raise AnalysisInputError(
             f"{name}: no records at step {step} (rounds present: {found}; eval rounds need "
             "--eval-size/--eval-interval or --config)"
         )
-    mine = [w for w in warnings if w.startswith(f"eval round {names[step]} ")]  # type: ignore[index]
-    return rollouts.subset(rollouts.step == step), names[step], mine  # type: ignore[index]
+    mine = [w for w in warnings if w.startswith(f"eval round {names[step]} ")]
+    return rollouts.subset(rollouts.step == step), names[step], mine
 
 
 def _paired_delta(
-    first: Entry, other: Entry, *, resamples: int, seed: int, strict: bool = False
+    first: Entry, other: Entry, options: Options
 ) -> tuple[dict[str, Interval] | None, str]:
     """``other - first`` for every metric with a paired bootstrap interval over common questions."""
     a, b = first.rollouts, other.rollouts
@@ -185,10 +185,9 @@ def _paired_delta(
             f"; dropped {n_a - common.size} only in {first.spec.label}, {n_b - common.size} "
             f"only in {other.spec.label}"
         )
-        if strict:
+        if options.strict_eval:
             raise AnalysisInputError(f"--compare {other.spec.label}: {note} (--strict-eval)")
-    delta = bootstrap(tally_b, minus=tally_a, resamples=resamples, seed=seed)
-    return delta, note
+    return bootstrap(tally_b, minus=tally_a, resamples=options.bootstrap, seed=options.seed), note
 
 
 def compare(specs: Sequence[Spec], shape: RunShape, options: Options) -> list[Entry]:
@@ -207,9 +206,7 @@ def compare(specs: Sequence[Spec], shape: RunShape, options: Options) -> list[En
         intervals, unit = with_intervals(rollouts, resamples=o.bootstrap, seed=o.seed)
         entries.append(Entry(spec, rollouts, read, intervals, unit, selected, warnings))
     for entry in entries[1:]:
-        entry.delta, entry.delta_note = _paired_delta(
-            entries[0], entry, resamples=o.bootstrap, seed=o.seed, strict=o.strict_eval
-        )
+        entry.delta, entry.delta_note = _paired_delta(entries[0], entry, o)
     return entries
 
 
