@@ -184,7 +184,7 @@ def _torn_or_bad(report: ReadReport, where: str, line: bytes, exc: Exception, sk
     warnings.warn(
         f"{where}: last line is an incomplete record (a writer stopped mid-line); skipped",
         TornLineWarning,
-        stacklevel=4,
+        stacklevel=5,
     )
 
 
