@@ -122,9 +122,10 @@ def test_eval_rounds_follow_prime_rl_cadence(
     r = read_rollouts(
         [write_project(tmp_path / "e.jsonl", rollouts)], split="eval", progress=False
     )[0]
-    attribution = attribute_eval_rounds(
-        r, size, interval, base_model=base_model, max_steps=max_steps
+    shape = RunShape(
+        eval_size=size, eval_interval=interval, eval_base_model=base_model, max_steps=max_steps
     )
+    attribution = attribute_eval_rounds(r, shape)
     assert r.step.tolist() == [c for c in expected for _ in range(size)]
     assert attribution.final_step == expected[-1] == max_steps - 1
     assert "final" in attribution.round_names[max_steps - 1]
@@ -146,18 +147,18 @@ def test_eval_rounds_before_a_resume_follow_prime_rl_cadence(
 
 def test_eval_rounds_without_max_steps_or_final(tmp_path: Path) -> None:
     r = _read(tmp_path, run(n_steps=3))  # 3 rounds of 16
-    attribute_eval_rounds(r, 16, 10)
+    attribute_eval_rounds(r, RunShape(eval_size=16, eval_interval=10))
     assert sorted(set(r.step.tolist())) == [0, 10, 20]
-    attribute_eval_rounds(r, 16, 10, base_model=False)
+    attribute_eval_rounds(r, RunShape(eval_size=16, eval_interval=10, eval_base_model=False))
     assert sorted(set(r.step.tolist())) == [10, 20, 30]
     # a run stopped before the end: online rounds only, no final
-    attribution = attribute_eval_rounds(r, 16, 10, max_steps=50)
+    attribution = attribute_eval_rounds(r, RunShape(eval_size=16, eval_interval=10, max_steps=50))
     assert sorted(set(r.step.tolist())) == [0, 10, 20] and attribution.final_step is None
     # 3 rounds cannot come from a 5-step run with interval 10 (base + final only)
     with pytest.raises(AnalysisInputError, match="evaluates only 2"):
-        attribute_eval_rounds(r, 16, 10, max_steps=5)
+        attribute_eval_rounds(r, RunShape(eval_size=16, eval_interval=10, max_steps=5))
     with pytest.raises(AnalysisInputError, match="eval round size 20"):
-        attribute_eval_rounds(r, 20, 10)
+        attribute_eval_rounds(r, RunShape(eval_size=20, eval_interval=10))
 
 
 def test_surplus_past_max_steps_is_cut_and_counted(tmp_path: Path) -> None:
@@ -198,7 +199,7 @@ def test_eval_round_size_from_distinct_questions(tmp_path: Path) -> None:
     r = read_rollouts(
         [write_project(tmp_path / "e.jsonl", rollouts)], split="eval", progress=False
     )[0]
-    attribute_eval_rounds(r, None, 10, rollouts_per_example=4)
+    attribute_eval_rounds(r, RunShape(eval_interval=10, eval_rollouts_per_example=4))
     assert sorted(set(r.step.tolist())) == [0, 10]
 
 
@@ -323,9 +324,12 @@ def _eval_log(tmp_path: Path, rounds: list[list[int]], gap: float = 600.0) -> Pa
     return path
 
 
-def _rounds(path: Path, **kwargs: object) -> tuple[list[int], object]:
+def _rounds(
+    path: Path, max_steps: int | None = None, strict: bool = False
+) -> tuple[list[int], object]:
+    shape = RunShape(eval_interval=10, eval_rollouts_per_example=1, max_steps=max_steps)
     r = read_rollouts([path], split="eval", progress=False)[0]
-    attribution = attribute_eval_rounds(r, None, 10, rollouts_per_example=1, **kwargs)  # type: ignore[arg-type]
+    attribution = attribute_eval_rounds(r, shape, strict=strict)
     steps, counts = np.unique(r.step, return_counts=True)
     return [int(c) for c in counts[np.argsort(steps)]], attribution
 
@@ -361,4 +365,6 @@ def test_an_eval_round_larger_than_expected_is_an_error(tmp_path: Path) -> None:
     log = _eval_log(tmp_path, [[0, 1, 2, 3, 4], [0, 1, 2, 3, 4]])
     r = read_rollouts([log], split="eval", progress=False)[0]
     with pytest.raises(AnalysisInputError, match="holds 5 records, more than the 4 expected"):
-        attribute_eval_rounds(r, 4, 10, rollouts_per_example=1)
+        attribute_eval_rounds(
+            r, RunShape(eval_size=4, eval_interval=10, eval_rollouts_per_example=1)
+        )

@@ -1,9 +1,5 @@
-"""95% bootstrap intervals that resample whole questions, not single rollouts.
-
-A step holds ~128 questions x 8 correlated rollouts: resampling rollouts would give intervals far
-too narrow. A resample weights each question's tally by how often it was drawn (``finish`` of
-the weighted sums), so no metric is defined twice; without identity the unit is the rollout.
-"""
+"""95% bootstrap intervals that resample whole questions (a step's 8 rollouts of a question are
+correlated), as weights on each question's tally: no metric is defined twice."""
 
 from __future__ import annotations
 
@@ -83,17 +79,12 @@ def bootstrap(
     return intervals
 
 
-def resampling_units(r: Rollouts) -> tuple[np.ndarray, int, str]:
-    """Each rollout's unit of resampling, the number of units, and the unit in words."""
-    if r.has_identity:
-        group, n_groups = question_groups(r)
-        return group, n_groups, "questions"
-    return np.arange(len(r)), len(r), "rollouts (no question identity)"
-
-
 def with_intervals(
     r: Rollouts, *, resamples: int = DEFAULT_RESAMPLES, seed: int = 0
 ) -> tuple[dict[str, Interval], str]:
     """Metrics with 95% intervals, and the resampling unit used (questions, or rollouts)."""
-    unit, n_units, words = resampling_units(r)
+    if r.has_identity:
+        unit, n_units, words = (*question_groups(r), "questions")
+    else:
+        unit, n_units, words = np.arange(len(r)), len(r), "rollouts (no question identity)"
     return bootstrap(tally(r, unit, n_units), resamples=resamples, seed=seed), words

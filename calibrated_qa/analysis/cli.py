@@ -1,25 +1,21 @@
-"""The two command lines, ``analyze_calibration.py`` and ``sample_generations.py``.
-
-Both take the run's shape the same way (``--config``, overridden by explicit numbers), so the two
-scripts cannot drift apart; ``main`` and ``samples_main`` are also the in-process entries.
-``max_tokens`` is not an option: the records carry the M of their length penalty.
-"""
+"""The two command lines, ``analyze_calibration.py`` and ``sample_generations.py``: one parser
+of the run's shape, so they cannot drift apart; ``main`` and ``samples_main`` run in-process."""
 
 from __future__ import annotations
 
 import argparse
 import shlex
 import sys
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
 from calibrated_qa.analysis.bootstrap import DEFAULT_RESAMPLES
 from calibrated_qa.analysis.compare import compare, parse_spec, write_comparison
-from calibrated_qa.analysis.readers import AnalysisInputError, read_rollouts
-from calibrated_qa.analysis.report import Options, analyze, readme_section, write_outputs
+from calibrated_qa.analysis.readers import AnalysisInputError
+from calibrated_qa.analysis.report import Options, analyze, load, readme_section, write_outputs
 from calibrated_qa.analysis.samples import choose, render
-from calibrated_qa.analysis.steps import RunShape, attribute, read_run_shape
+from calibrated_qa.analysis.steps import RunShape, read_run_shape
 from calibrated_qa.records import RecordError
 
 ANALYZE_DOC = """Calibration analysis of a generation log: per-step metrics, reliability, summary.
@@ -121,6 +117,12 @@ def run_shape(args: argparse.Namespace) -> RunShape:
     return replace(base, **explicit)
 
 
+def _options(args: argparse.Namespace, **given: Any) -> Options:
+    """The ``Options`` named like the parsed arguments, then ``given``."""
+    names = {f.name for f in fields(Options)} & vars(args).keys()
+    return Options(**{name: getattr(args, name) for name in names} | given)
+
+
 def analyze_parser() -> argparse.ArgumentParser:
     """The options of ``analyze_calibration.py``."""
     parser = _parser(ANALYZE_DOC)
@@ -167,39 +169,18 @@ def analyze_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """``analyze_calibration.py``: 0 on success, 2 on unusable input (the message on stderr)."""
     args = analyze_parser().parse_args(argv)
+    split = args.split or ("eval" if args.compare else "train")
+    options = _options(args, split=split, plots=not args.no_plots, progress=not args.quiet)
     try:
         shape = run_shape(args)
         if args.compare:
-            entries = compare(
-                [parse_spec(text) for text in args.compare],
-                shape,
-                split=args.split or "eval",
-                skip_bad_lines=args.skip_bad_lines,
-                resamples=args.bootstrap,
-                seed=args.seed,
-                progress=not args.quiet,
-                strict_eval=args.strict_eval,
-                episodes=args.episodes,
-            )
+            entries = compare([parse_spec(text) for text in args.compare], shape, options)
             for entry in entries:
                 for warning in entry.warnings:
                     print(f"warning: --compare {entry.spec.label}: {warning}", file=sys.stderr)
-            write_comparison(entries, args.out, plots_too=not args.no_plots)
+            write_comparison(entries, args.out, plots_too=options.plots)
             print(f"wrote comparison of {len(entries)} logs to {args.out}")
             return 0
-        options = Options(
-            split=args.split or "train",
-            group_size=args.group_size,
-            orchestrator_log=args.orchestrator_log,
-            plots=not args.no_plots,
-            skip_bad_lines=args.skip_bad_lines,
-            allow_partial_step=args.allow_partial_step,
-            strict_eval=args.strict_eval,
-            episodes=args.episodes,
-            bootstrap=args.bootstrap,
-            seed=args.seed,
-            progress=not args.quiet,
-        )
         result = analyze(args.generations, shape, options)
         written = write_outputs(result, args.out)
         if args.readme_section:
@@ -226,18 +207,7 @@ def samples_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--confident", type=float, default=0.8, help="confidence threshold")
     args = parser.parse_args(argv)
     try:
-        rollouts, read = read_rollouts(
-            args.generations, split=args.split, skip_bad_lines=args.skip_bad_lines
-        )
-        rollouts, attribution = attribute(
-            rollouts,
-            split=args.split,
-            shape=run_shape(args),
-            allow_partial=args.allow_partial_step,
-            strict_eval=args.strict_eval,
-            episodes=args.episodes,
-            files=read.files,
-        )
+        rollouts, read, attribution = load(args.generations, run_shape(args), _options(args))
         for warning in [attribution.surplus_note, *attribution.warnings]:
             if warning:
                 print(f"warning: {warning}", file=sys.stderr)

@@ -1,8 +1,7 @@
 """Several eval logs side by side (e.g. base vs trained model): one table, one figure.
 
-``LABEL=PATH[@STEP|@final|@all]`` picks one eval round of a log (never pooled silently). Each
-label after the first gets its difference from the first with a *paired* bootstrap interval over
-the questions present in both (the questions are drawn once per resample for both logs).
+``LABEL=PATH[@STEP|@final|@all]`` picks one eval round (never pooled silently); each label after
+the first gets a *paired* bootstrap interval of its difference from the first.
 """
 
 from __future__ import annotations
@@ -16,10 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from calibrated_qa.analysis import plots
-from calibrated_qa.analysis.bootstrap import DEFAULT_RESAMPLES, Interval, bootstrap, with_intervals
+from calibrated_qa.analysis.bootstrap import Interval, bootstrap, with_intervals
 from calibrated_qa.analysis.metrics import DEFINITIONS, tally
 from calibrated_qa.analysis.readers import AnalysisInputError, ReadReport, Rollouts, read_rollouts
-from calibrated_qa.analysis.report import cell
+from calibrated_qa.analysis.report import Options, cell, table
 from calibrated_qa.analysis.steps import RunShape, attribute, has_own_steps
 
 COMPARE_METRICS = (
@@ -76,8 +75,6 @@ def parse_spec(text: str) -> Spec:
 
 @dataclass
 class Entry:
-    """One compared log, computed."""
-
     spec: Spec
     rollouts: Rollouts
     read: ReadReport
@@ -90,8 +87,8 @@ class Entry:
 
 
 def _rounds_look_sequential(rollouts: Rollouts) -> int:
-    """Without the round structure: how many rounds the log looks like (1 unless obvious:
-    each question appears c times, all first occurrences before any second one)."""
+    """How many rounds a log without round structure looks like: c when each question appears
+    c times, all first occurrences before any second one; else 1."""
     if not rollouts.has_identity:
         return 1
     _, first, counts = np.unique(rollouts.question, return_index=True, return_counts=True)
@@ -104,33 +101,32 @@ def _rounds_look_sequential(rollouts: Rollouts) -> int:
 
 
 def _select(
-    spec: Spec, rollouts: Rollouts, shape: RunShape, strict: bool, episodes: str | None
+    spec: Spec, rollouts: Rollouts, shape: RunShape, options: Options
 ) -> tuple[Rollouts, str, list[str]]:
     """The records of the selected round of one log, the round in words, and its warnings."""
     name = f"--compare {spec.label}"
     if spec.select == ALL:
         return rollouts, "all records pooled (@all)", []
     final, warnings = None, []
-    if episodes is not None:
+    if options.episodes is not None:
         rollouts, attribution = attribute(
-            rollouts, split="eval", shape=shape, episodes=episodes, files=[spec.path]
+            rollouts, split="eval", shape=shape, episodes=options.episodes, files=[spec.path]
         )
         names, warnings = attribution.round_names, attribution.warnings
     elif has_own_steps(rollouts):
         names = {int(s): f"step {int(s)}" for s in np.unique(rollouts.step)}
     else:
         try:
-            attribution = attribute(rollouts, split="eval", shape=shape, strict_eval=strict)[1]
+            attribution = attribute(
+                rollouts, split="eval", shape=shape, strict_eval=options.strict_eval
+            )[1]
         except AnalysisInputError as exc:
             raise AnalysisInputError(
                 f"{name}: {exc}; for a log of another shape (e.g. an offline eval with "
                 "several rollouts per question) use LABEL=PATH@all"
             ) from exc
-        names, final, warnings = (
-            attribution.round_names,
-            attribution.final_step,
-            attribution.warnings,
-        )
+        names, final = attribution.round_names, attribution.final_step
+        warnings = attribution.warnings
     if not names:
         if spec.step is not None or spec.select == FINAL:
             raise AnalysisInputError(
@@ -153,24 +149,24 @@ def _select(
             "the final round needs max_steps (--config with top-level max_steps, or "
             "--max-steps) and a run that reached it"
         )
-    if spec.select != FINAL and spec.step is None:
+    step = final if spec.select == FINAL else spec.step
+    if step is None:  # no selector: the log must hold one round
         if len(names) > 1:
             raise AnalysisInputError(
                 f"{name}: {spec.path} holds {len(names)} eval rounds ({found}); {SELECT_HINT}"
             )
         return rollouts, next(iter(names.values())), warnings
-    step = final if spec.select == FINAL else spec.step
     if step not in names:
         raise AnalysisInputError(
             f"{name}: no records at step {step} (rounds present: {found}; eval rounds need "
             "--eval-size/--eval-interval or --config)"
         )
-    mine = [w for w in warnings if w.startswith(f"eval round {names[step]} ")]  # type: ignore[index]
-    return rollouts.subset(rollouts.step == step), names[step], mine  # type: ignore[index]
+    mine = [w for w in warnings if w.startswith(f"eval round {names[step]} ")]
+    return rollouts.subset(rollouts.step == step), names[step], mine
 
 
 def _paired_delta(
-    first: Entry, other: Entry, *, resamples: int, seed: int, strict: bool = False
+    first: Entry, other: Entry, options: Options
 ) -> tuple[dict[str, Interval] | None, str]:
     """``other - first`` for every metric with a paired bootstrap interval over common questions."""
     a, b = first.rollouts, other.rollouts
@@ -189,41 +185,28 @@ def _paired_delta(
             f"; dropped {n_a - common.size} only in {first.spec.label}, {n_b - common.size} "
             f"only in {other.spec.label}"
         )
-        if strict:
+        if options.strict_eval:
             raise AnalysisInputError(f"--compare {other.spec.label}: {note} (--strict-eval)")
-    delta = bootstrap(tally_b, minus=tally_a, resamples=resamples, seed=seed)
-    return delta, note
+    return bootstrap(tally_b, minus=tally_a, resamples=options.bootstrap, seed=options.seed), note
 
 
-def compare(
-    specs: Sequence[Spec],
-    shape: RunShape,
-    *,
-    split: str | None = "eval",
-    skip_bad_lines: bool = False,
-    resamples: int = DEFAULT_RESAMPLES,
-    seed: int = 0,
-    progress: bool = True,
-    strict_eval: bool = False,
-    episodes: str | None = None,
-) -> list[Entry]:
+def compare(specs: Sequence[Spec], shape: RunShape, options: Options) -> list[Entry]:
     """Read and compute every compared log; labels must be unique."""
     labels = [s.label for s in specs]
     if len(set(labels)) != len(labels):
         raise AnalysisInputError(f"--compare labels must be unique, got {labels}")
+    o = options
     entries: list[Entry] = []
     for spec in specs:
         rollouts, read = read_rollouts(
-            [spec.path], split=split, skip_bad_lines=skip_bad_lines, progress=progress
+            [spec.path], split=o.split, skip_bad_lines=o.skip_bad_lines, progress=o.progress
         )
-        rollouts, selected, warnings = _select(spec, rollouts, shape, strict_eval, episodes)
+        rollouts, selected, warnings = _select(spec, rollouts, shape, o)
         rollouts.step[:] = 0  # one round: the self-ensemble groups by question
-        intervals, unit = with_intervals(rollouts, resamples=resamples, seed=seed)
+        intervals, unit = with_intervals(rollouts, resamples=o.bootstrap, seed=o.seed)
         entries.append(Entry(spec, rollouts, read, intervals, unit, selected, warnings))
     for entry in entries[1:]:
-        entry.delta, entry.delta_note = _paired_delta(
-            entries[0], entry, resamples=resamples, seed=seed, strict=strict_eval
-        )
+        entry.delta, entry.delta_note = _paired_delta(entries[0], entry, o)
     return entries
 
 
@@ -236,15 +219,12 @@ def write_comparison(entries: Sequence[Entry], out: Path, *, plots_too: bool = T
         n_q = len(set(e.rollouts.question.tolist())) if e.rollouts.has_identity else ""
         row: dict[str, object] = {"label": e.spec.label, "n": len(e.rollouts)}
         row |= {m: cell(e.intervals[m].value) for m in COMPARE_METRICS}
-        row |= {
-            f"{m}_{end}": cell(getattr(e.intervals[m], end))
-            for m in COMPARE_METRICS
-            for end in ("low", "high")
-        }
         for m in COMPARE_METRICS:
-            delta = (e.delta or {}).get(m, Interval(math.nan))
-            row |= {f"delta_{m}": cell(delta.value), f"delta_{m}_low": cell(delta.low)}
-            row[f"delta_{m}_high"] = cell(delta.high)
+            row |= {f"{m}_low": cell(e.intervals[m].low), f"{m}_high": cell(e.intervals[m].high)}
+        for m in COMPARE_METRICS:
+            d = (e.delta or {}).get(m, Interval(math.nan))
+            row |= {f"delta_{m}": cell(d.value), f"delta_{m}_low": cell(d.low)}
+            row[f"delta_{m}_high"] = cell(d.high)
         rows.append(row | {
             "delta_vs": reference if i else "", "delta_pairing": e.delta_note, "n_questions": n_q,
             "format": e.read.fmt, "bootstrap_unit": e.unit, "path": e.spec.path + e.spec.suffix,
@@ -253,19 +233,16 @@ def write_comparison(entries: Sequence[Entry], out: Path, *, plots_too: bool = T
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    lines = [
-        "# Comparison",
-        "",
-        "Each metric with its 95% percentile bootstrap interval.",
-        "",
-        "| label | n | " + " | ".join(COMPARE_METRICS) + " | resampled |",
-        "|" + " --- |" * (len(COMPARE_METRICS) + 3),
-    ]
-    for e in entries:
-        cells = [e.intervals[m].format() for m in COMPARE_METRICS]
-        lines.append(
-            f"| {e.spec.label} | {len(e.rollouts)} | " + " | ".join(cells) + f" | {e.unit} |"
-        )
+    lines = ["# Comparison", "", "Each metric with its 95% percentile bootstrap interval.", ""]
+    lines += table(
+        ["label", "n", *COMPARE_METRICS, "resampled"],
+        [
+            [e.spec.label, str(len(e.rollouts))]
+            + [e.intervals[m].format() for m in COMPARE_METRICS]
+            + [e.unit]
+            for e in entries
+        ],
+    )
     if len(entries) > 1:
         lines += [
             "",
@@ -277,15 +254,14 @@ def write_comparison(entries: Sequence[Entry], out: Path, *, plots_too: bool = T
             "questions happen to be drawn. An interval that excludes 0 is a difference beyond "
             "question-sampling noise.",
             "",
-            "| label | " + " | ".join(f"Δ {m}" for m in COMPARE_METRICS) + " | pairing |",
-            "|" + " --- |" * (len(COMPARE_METRICS) + 2),
         ]
-        for e in entries[1:]:
-            if e.delta is None:
-                cells = ["n/a"] * len(COMPARE_METRICS)
-            else:
-                cells = [e.delta[m].format(sign="+") for m in COMPARE_METRICS]
-            lines.append(f"| {e.spec.label} | " + " | ".join(cells) + f" | {e.delta_note} |")
+        rows = [
+            [e.spec.label]
+            + [e.delta[m].format(sign="+") if e.delta else "n/a" for m in COMPARE_METRICS]
+            + [e.delta_note]
+            for e in entries[1:]
+        ]
+        lines += table(["label", *(f"Δ {m}" for m in COMPARE_METRICS), "pairing"], rows)
     lines += ["", "## Inputs", ""]
     for e in entries:
         lines.append(

@@ -1,9 +1,7 @@
 """The original recipe's two formats converted into this project's record schema (version 1).
 
-The only place that knows them (``original-log``: its ``generations.jsonl``; ``original-csv``: its
-per-rollout table); what they never recorded is marked (``example_id``/``length`` -1, empty
-texts), never invented. The decisions are listed in docs/analysis.md and in every report.
-``python -m calibrated_qa.analysis.convert IN... --out OUT.jsonl`` writes the converted records.
+What they never recorded is marked (-1, empty texts), never invented; docs/analysis.md lists the
+decisions. ``python -m calibrated_qa.analysis.convert IN... --out OUT.jsonl``.
 """
 
 from __future__ import annotations

@@ -1,9 +1,7 @@
 """Exact steps of generation-log records from prime-rl 559b447's per-step episode files.
 
-Its file monitor (``monitors/file.py``, ``FileMonitor.log_episodes``) writes every episode to
-``<output_dir>/rollouts/step_<N>/<train|eval>/<all|effective>/traces.jsonl``; a record's step is
-looked up by ``(split, example_id, completion)``, not inferred. Stdlib only (the v1 tests import
-it without numpy).
+Written by ``monitors/file.py``, ``FileMonitor.log_episodes``; a record's step is looked up by
+``(split, example_id, completion)``. Stdlib only (the v1 tests import it without numpy).
 """
 
 from __future__ import annotations
@@ -17,7 +15,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 Split = Literal["train", "eval"]
-Subset = Literal["all", "effective"]
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
@@ -37,8 +34,8 @@ class EpisodeRollout:
     ok: bool  # scored without error: the ones calibrated-qa logs
 
 
-def episode_files(run_dir: Path, subset: Subset = "all") -> list[tuple[int, Split, Path]]:
-    """``(step, split, path)`` of every episode file under ``run_dir/rollouts``, by step."""
+def episode_files(run_dir: Path) -> list[tuple[int, Split, Path]]:
+    """``(step, split, path)`` of every episode file (all traces, not just effective ones)."""
     found = []
     rollouts = Path(run_dir) / "rollouts"
     for step_dir in rollouts.iterdir() if rollouts.is_dir() else []:
@@ -46,7 +43,7 @@ def episode_files(run_dir: Path, subset: Subset = "all") -> list[tuple[int, Spli
         if match is None:
             continue
         for split in ("train", "eval"):
-            path = step_dir / split / subset / "traces.jsonl"
+            path = step_dir / split / "all" / "traces.jsonl"
             if path.is_file():
                 found.append((int(match.group(1)), split, path))
     return sorted(found)
@@ -81,10 +78,10 @@ def _rollouts_of(record: Any, step: int, split: Split, where: str) -> list[Episo
     return rollouts
 
 
-def read_episode_rollouts(run_dir: Path, subset: Subset = "all") -> list[EpisodeRollout]:
+def read_episode_rollouts(run_dir: Path) -> list[EpisodeRollout]:
     """Every trace in the run's episode files, in step order, then file order."""
     rollouts: list[EpisodeRollout] = []
-    for step, split, path in episode_files(run_dir, subset):
+    for step, split, path in episode_files(run_dir):
         text = path.read_text(encoding="utf-8")
         lines = text.split("\n")
         for number, line in enumerate(lines, 1):

@@ -1,9 +1,7 @@
 """Calibration metrics: the one definition of each number the analysis reports.
 
-Every metric is a ratio of sums: ``tally`` adds the sums up per unit (step, question, rollout),
-``finish`` turns one vector of sums into plain floats, so a step, a bootstrap resample (weighted
-units) and a diagram all share one definition. The definitions are written once, in
-``DEFINITIONS`` (printed into every report).
+Every metric is a ratio of sums: ``tally`` adds them up per unit, ``finish`` turns one vector of
+sums into floats, so a step, a bootstrap resample and a diagram share one definition.
 """
 
 from __future__ import annotations
@@ -17,9 +15,7 @@ from calibrated_qa.analysis.readers import Rollouts
 from calibrated_qa.reward import brier_score
 
 N_BINS = 10
-# A length penalty below -PENALTY_TOLERANCE counts as "penalized"; the reference CSV stores rewards
-# in reduced precision, so an exact zero test would be fragile.
-PENALTY_TOLERANCE = 1e-6
+PENALTY_TOLERANCE = 1e-6  # "penalized": the reference CSV's rewards are of reduced precision
 
 DEFINITIONS: dict[str, str] = {
     "parse_rate": "parseable rollouts / all rollouts (unparseable rollouts are never dropped)",
@@ -71,8 +67,8 @@ _LEVELS = _BINS + 9 * N_BINS
 
 
 def percent_bin(p: ArrayLike) -> NDArray[np.int64]:
-    """Bin index 0..9 of each probability: integer percent ``round(100 p)`` half up, then // 10
-    (rounded to 6 places first: ``1 - 0.7`` must land in [30, 40))."""
+    """Bin 0..9 of each probability: integer percent ``round(100 p)`` half up, // 10 (rounded to
+    6 places first: ``1 - 0.7`` must land in [30, 40))."""
     arr = np.asarray(p, dtype=np.float64)
     if arr.ndim != 1 or not np.all((arr >= 0) & (arr <= 1)):  # also rejects NaN
         raise ValueError("probabilities must be a 1-D array in [0, 1] (drop unparseable first)")
@@ -161,18 +157,6 @@ def _ratio(a: float, b: float) -> float:
     return float(a / b) if b > 0 else float("nan")
 
 
-def reliability(sums: NDArray[np.float64], block: int = 0) -> tuple[NDArray, NDArray, NDArray]:
-    """(count, mean p, observed frequency) per bin of one tally row; NaN in empty bins."""
-    start = _BINS + 3 * block * N_BINS
-    count, sum_p, sum_y = sums[start : start + 3 * N_BINS].reshape(3, N_BINS)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return (
-            count,
-            np.where(count > 0, sum_p / count, np.nan),
-            np.where(count > 0, sum_y / count, np.nan),
-        )
-
-
 def _eces(sums: NDArray[np.float64]) -> list[float]:
     """ECE of each bin block: sum_b n_b/n |mean p_b - freq_b| = sum_b |sum p_b - sum y_b| / n."""
     count, sum_p, sum_y = sums[_BINS:_LEVELS].reshape(3, 3, N_BINS).transpose(1, 0, 2)
@@ -242,8 +226,11 @@ def _block(p: ArrayLike, y: ArrayLike) -> NDArray[np.float64]:
 
 
 def reliability_bins(p: ArrayLike, y: ArrayLike) -> tuple[NDArray, NDArray, NDArray]:
-    """Per bin: count, mean predicted p, observed frequency (the reliability diagram's data)."""
-    return reliability(_block(p, y))
+    """Per bin: count, mean predicted p, observed frequency (NaN in empty bins)."""
+    count, sum_p, sum_y = _block(p, y)[_BINS : _BINS + 3 * N_BINS].reshape(3, N_BINS)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_p, freq = (np.where(count > 0, s / count, np.nan) for s in (sum_p, sum_y))
+    return count, mean_p, freq
 
 
 def expected_calibration_error(p: ArrayLike, y: ArrayLike) -> float:

@@ -1,9 +1,7 @@
 """Figures: reliability diagrams, metric curves over training, P(YES) histograms.
 
-matplotlib is imported here only, lazily, with the Agg backend, so metrics-only runs never pay
-for it and nothing needs a display. Every panel states its n; every reliability bin its count;
-an empty panel says "no data: <why>" instead of drawing empty axes. Few artists per panel (one
-``stairs`` per histogram, no ``tight_layout``): drawing, not computing, is what plots cost.
+matplotlib is imported lazily (Agg): metrics-only runs never pay for it. Few artists per panel:
+drawing, not computing, is what plots cost.
 """
 
 from __future__ import annotations
@@ -119,8 +117,8 @@ def reliability_grid(
 
 
 def _outer(ax: Any, axes: Any, items: Sequence[Any], cols: int, same_row_labels: bool) -> None:
-    """Tick labels and axis labels on the outer panels only (all panels share both axes):
-    drawing text is most of a figure's cost. Rows of different meaning keep their x labels."""
+    """Tick and axis labels on the outer panels only (text is most of a figure's cost); rows of
+    different meaning keep their x labels."""
     i = list(axes.flat).index(ax)
     below = i + cols
     inner = below < len(items) and items[below] is not None
@@ -179,37 +177,34 @@ def pyes_histograms(panels: Sequence[Panel], path: str | os.PathLike[str]) -> No
     _save(fig, path)
 
 
-# (column, label, color, marker): markers and a small x offset per line keep equal values visible
+# panel: title, then (column, label, color, marker) per line; markers and a small x offset per
+# line keep equal values visible
 _CURVES = {
-    "reward": [
+    "reward": ("Reward = calibration term + length penalty", [
         ("reward", "reward (analysis)", "#111", "o"),
         ("calibration_reward", "calibration term", "#2563eb", "s"),
         ("length_penalty", "length penalty", "#dc2626", "^"),
-    ],
-    "brier": [
+    ]),
+    "brier": ("Brier score (parseable rollouts; lower is better)", [
         ("brier", "rollouts", "#2563eb", "o"),
         ("ensemble_brier", "self-ensemble", "#7c3aed", "s"),
-    ],
-    "ece": [
+    ]),
+    "ece": ("ECE, 10 integer-percent bins (lower is better)", [
         ("ece_pyes", "ECE on P(YES)", "#2563eb", "o"),
         ("ece_conf", "ECE on confidence", "#ea580c", "s"),
-    ],
-    "rates": [
+    ]),
+    "rates": ("Accuracy, parse rate, penalized fraction", [
         ("accuracy", "accuracy (unparseable = wrong)", "#16a34a", "o"),
         ("parse_rate", "parse rate", "#111", "s"),
         ("penalized_frac", "length-penalized fraction", "#dc2626", "^"),
-    ],
-    "length": [("mean_length", "mean length L", "#111", "o")],
-    "auroc": [("auroc", "AUROC", "#0891b2", "o")],
-}
-_TITLES = {
-    "reward": "Reward = calibration term + length penalty",
-    "brier": "Brier score (parseable rollouts; lower is better)",
-    "ece": "ECE, 10 integer-percent bins (lower is better)",
-    "rates": "Accuracy, parse rate, penalized fraction",
-    "length": "Mean completion length L (penalty-free band dotted)",
-    "auroc": "AUROC: confidence separates correct from wrong",
-}
+    ]),
+    "length": ("Mean completion length L (penalty-free band dotted)", [
+        ("mean_length", "mean length L", "#111", "o"),
+    ]),
+    "auroc": ("AUROC: confidence separates correct from wrong", [
+        ("auroc", "AUROC", "#0891b2", "o"),
+    ]),
+}  # fmt: skip
 
 
 def metric_curves(
@@ -231,8 +226,8 @@ def metric_curves(
     fig, axes = _figure(2, 3, 5.2, 3.9, title)
     fig.subplots_adjust(bottom=0.17, hspace=0.7)
     span = max(1.0, float(np.ptp(steps)) if steps.size else 1.0)
-    for ax, (panel, curves) in zip(axes.flat, _CURVES.items(), strict=True):
-        ax.set_title(_TITLES[panel], fontsize=10, y=1.01)
+    for ax, (panel, (panel_title, curves)) in zip(axes.flat, _CURVES.items(), strict=True):
+        ax.set_title(panel_title, fontsize=10, y=1.01)
         ax.set_xlabel(x_label, fontsize=9)
         ax.xaxis.set_major_locator(MaxNLocator(6, integer=True))
         ax.yaxis.set_major_locator(MaxNLocator(5))

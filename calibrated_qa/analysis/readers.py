@@ -13,6 +13,7 @@ import math
 import os
 import warnings
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from itertools import compress, repeat
 from json import JSONDecodeError
@@ -54,7 +55,7 @@ class TornLineWarning(UserWarning):
 
 @dataclass
 class ReadReport:
-    """What was read, and everything that was not read as a record (never silent)."""
+    """What was read, and everything not read as a record (never silent)."""
 
     files: list[str]
     fmt: Format
@@ -172,13 +173,18 @@ def _blocks(path: Path) -> Iterator[tuple[int, bytes, int]]:
 
 def _torn_or_bad(report: ReadReport, where: str, line: bytes, exc: Exception, skip: bool) -> None:
     if line.endswith(b"\n") or isinstance(exc, RecordError):
-        _bad(report, where, exc, skip)
+        if not skip:
+            raise AnalysisInputError(
+                f"{where}: malformed line ({exc.__class__.__name__}: {exc}); "
+                "pass --skip-bad-lines to skip such lines and count them"
+            ) from exc
+        report.skipped_lines.append(where)
         return
     report.torn_lines.append(where)
     warnings.warn(
         f"{where}: last line is an incomplete record (a writer stopped mid-line); skipped",
         TornLineWarning,
-        stacklevel=4,
+        stacklevel=5,
     )
 
 
@@ -253,15 +259,6 @@ def records(path: str | os.PathLike[str], **options: Any) -> Iterator[tuple[int,
         yield from zip(numbers, objs, strict=True)
 
 
-def _bad(report: ReadReport, where: str, exc: Exception, skip: bool) -> None:
-    if not skip:
-        raise AnalysisInputError(
-            f"{where}: malformed line ({exc.__class__.__name__}: {exc}); "
-            "pass --skip-bad-lines to skip such lines and count them"
-        ) from exc
-    report.skipped_lines.append(where)
-
-
 # Every field but the texts, which are type-checked and never kept.
 _KEPT = tuple(name for name in RECORD_FIELDS if name not in ("question", "completion"))
 _GET, _TEXTS = itemgetter(*_KEPT), (itemgetter("question"), itemgetter("completion"))
@@ -270,8 +267,8 @@ _EXACT_TYPES = {int: {int}, float: _NUMBER, str: {str}, bool: {bool}}  # JSON's 
 
 
 def _all_valid(col: dict[str, Sequence[Any]]) -> bool:
-    """``validate_record`` over whole columns at once (never looser); the message of a failure
-    comes from ``validate_record`` itself on the failing record (``_raise_first_invalid``)."""
+    """``validate_record`` over whole columns at once (never looser); a failure's message comes
+    from ``validate_record`` itself (``_raise_first_invalid``)."""
     try:
         if set(col["schema"]) != {SCHEMA_VERSION}:
             return False
@@ -304,10 +301,7 @@ def _all_valid(col: dict[str, Sequence[Any]]) -> bool:
         tokens = [t for t in col["completion_tokens"] if t is not None]
         if not set(map(type, tokens)) <= {int} or min(tokens, default=0) < 0:
             return False
-    except (
-        TypeError,
-        ValueError,
-    ):  # an unhashable or unorderable value: a list or dict where a scalar belongs
+    except (TypeError, ValueError):  # a list or dict where a scalar belongs
         return False
     return bool(np.all(np.isfinite(np.asarray(col["length"], dtype=np.float64))))
 
@@ -324,8 +318,7 @@ def _raise_first_invalid(objs: Sequence[Any], numbers: Sequence[int], path: Path
 def _columns(
     col: dict[str, Sequence[Any]], step: Sequence[int], numbers: Sequence[int], file_no: int
 ) -> dict[str, NDArray[Any]]:
-    """One batch's validated columns as the arrays of ``Rollouts``; correctness and confidence
-    from ``reward``, evaluated once per distinct P(YES) (a percent: at most 101 values)."""
+    """One batch's columns as arrays; ``reward``'s functions run once per distinct P(YES)."""
     n = len(numbers)
     p = np.array([math.nan if v is None else v for v in col["p_yes"]], dtype=np.float64)
     y = np.array(col["ground_truth"]) == "true"
@@ -351,6 +344,20 @@ def _columns(
     } | {name: np.asarray(col[name], dtype=np.float64) for name in floats}
 
 
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Parsed records hold no cycles (reference counting frees them): the cyclic collector's
+    rescans of them would cost ~10% of a read."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+@_gc_paused()
 def read_rollouts(
     paths: Sequence[str | os.PathLike[str]],
     *,
@@ -358,24 +365,8 @@ def read_rollouts(
     skip_bad_lines: bool = False,
     progress: bool = True,
 ) -> tuple[Rollouts, ReadReport]:
-    """Read one log, or several files in order (a resumed run), into columns.
-
-    ``split`` keeps only records of that split (the original formats record none). The cyclic
-    garbage collector is paused meanwhile: parsed records hold no cycles (reference counting
-    frees them) and its rescans of them cost ~10% of the read.
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        return _read_rollouts(paths, split, skip_bad_lines, progress)
-    finally:
-        if enabled:
-            gc.enable()
-
-
-def _read_rollouts(
-    paths: Sequence[str | os.PathLike[str]], split: str | None, skip_bad_lines: bool, progress: bool
-) -> tuple[Rollouts, ReadReport]:
+    """Read one log, or several files in order (a resumed run), into columns; ``split`` keeps
+    only records of that split (the original formats record none)."""
     if not paths:
         raise AnalysisInputError("no input files given")
     formats = {str(path): detect_format(path) for path in paths}

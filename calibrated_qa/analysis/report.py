@@ -1,16 +1,11 @@
-"""One analysis run: read, attribute steps, compute, cross-check, and write the files of ``--out``.
-
-Files written: ``metrics_by_step.csv``, ``calibration_metrics.csv`` (per rollout),
-``summary.md`` and, unless ``plots=False``, ``calibration_curves.png``,
-``calibration_curves_ensemble.png``, ``brier_over_time.png`` and ``pyes_histograms.png``.
-"""
+"""One analysis run: read, attribute steps, compute, cross-check, write the files of ``--out``."""
 
 from __future__ import annotations
 
 import csv
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +26,7 @@ from calibrated_qa.analysis.steps import (
 )
 
 MAX_PANELS = 12
+NOT_CHECKED = "attribution not cross-checked."
 LABELS = {
     "parse_rate": "parse rate",
     "accuracy": "accuracy (unparseable = wrong)",
@@ -51,7 +47,7 @@ LABELS = {
 
 @dataclass(frozen=True)
 class Options:
-    """How to analyse (the run's shape is a ``RunShape``; see ``analyze_calibration.py --help``)."""
+    """How to analyse, for both paths of the CLI (see ``analyze_calibration.py --help``)."""
 
     split: str = "train"
     group_size: int | None = None  # steps per reliability diagram
@@ -68,8 +64,6 @@ class Options:
 
 @dataclass
 class Analysis:
-    """The computed results, before anything is written."""
-
     options: Options
     shape: RunShape
     rollouts: Rollouts
@@ -83,12 +77,8 @@ class Analysis:
     warnings: list[str] = field(default_factory=list)
 
     @property
-    def first_step(self) -> int:
-        return int(self.rows[0]["step"])
-
-    @property
-    def last_step(self) -> int:
-        return int(self.rows[-1]["step"])
+    def ends(self) -> tuple[int, int]:
+        return int(self.rows[0]["step"]), int(self.rows[-1]["step"])
 
 
 def _orchestrator_rewards(options: Options, rows: list[dict[str, float]]) -> dict[int, float]:
@@ -107,23 +97,24 @@ def _orchestrator_rewards(options: Options, rows: list[dict[str, float]]) -> dic
     return dict(zip(steps, rewards, strict=True))
 
 
-def analyze(generations: Sequence[str], shape: RunShape, options: Options) -> Analysis:
-    """Read the logs and compute everything; raises ``AnalysisInputError`` on unusable input."""
+def load(
+    generations: Sequence[str], shape: RunShape, options: Options
+) -> tuple[Rollouts, ReadReport, Attribution]:
+    """Read the logs and attribute steps: the path both CLIs share."""
+    o = options
     rollouts, read = read_rollouts(
-        generations,
-        split=options.split,
-        skip_bad_lines=options.skip_bad_lines,
-        progress=options.progress,
+        generations, split=o.split, skip_bad_lines=o.skip_bad_lines, progress=o.progress
     )
     rollouts, attribution = attribute(
-        rollouts,
-        split=options.split,
-        shape=shape,
-        allow_partial=options.allow_partial_step,
-        strict_eval=options.strict_eval,
-        episodes=options.episodes,
-        files=read.files,
-    )
+        rollouts, split=o.split, shape=shape, allow_partial=o.allow_partial_step,
+        strict_eval=o.strict_eval, episodes=o.episodes, files=read.files,
+    )  # fmt: skip
+    return rollouts, read, attribution
+
+
+def analyze(generations: Sequence[str], shape: RunShape, options: Options) -> Analysis:
+    """Read the logs and compute everything; raises ``AnalysisInputError`` on unusable input."""
+    rollouts, read, attribution = load(generations, shape, options)
     if not len(rollouts):
         raise AnalysisInputError(f"no rollouts in the first {shape.max_steps} steps")
     rows = step_rows(rollouts)
@@ -143,39 +134,26 @@ def analyze(generations: Sequence[str], shape: RunShape, options: Options) -> An
         first_last[step], unit = with_intervals(
             rollouts.subset(rollouts.step == step), resamples=options.bootstrap, seed=options.seed
         )
+    purity = group_purity(rollouts, shape.rollouts_per_example)
     result = Analysis(
-        options=options,
-        shape=shape,
-        rollouts=rollouts,
-        read=read,
-        attribution=attribution,
-        rows=rows,
-        first_last=first_last,
-        bootstrap_unit=unit,
-        orchestrator=orchestrator,
-        purity=group_purity(rollouts, shape.rollouts_per_example),
+        options, shape, rollouts, read, attribution, rows, first_last, unit, orchestrator, purity
     )
-    result.warnings += attribution.warnings
-    if attribution.surplus_note:
-        result.warnings.append(attribution.surplus_note)
+    warn = result.warnings
+    warn += attribution.warnings + [attribution.surplus_note] * bool(attribution.surplus_note)
     if attribution.partial_step is not None:
-        result.warnings.append(
+        warn.append(
             f"step {attribution.partial_step} is partial: {attribution.partial_count} of "
             f"{shape.batch_size} rollouts (the run stopped mid-step); flagged in the CSV"
         )
     if read.torn_lines:
-        result.warnings.append(f"torn last line(s) skipped: {', '.join(read.torn_lines)}")
-    if read.skipped_lines:
-        result.warnings.append(
-            f"{len(read.skipped_lines)} malformed line(s) skipped on request (--skip-bad-lines): "
-            + ", ".join(read.skipped_lines[:10])
-            + (" ..." if len(read.skipped_lines) > 10 else "")
+        warn.append(f"torn last line(s) skipped: {', '.join(read.torn_lines)}")
+    if skipped := read.skipped_lines:
+        warn.append(
+            f"{len(skipped)} malformed line(s) skipped on request (--skip-bad-lines): "
+            + ", ".join(skipped[:10])
+            + (" ..." if len(skipped) > 10 else "")
         )
     return result
-
-
-# ---------------------------------------------------------------------------------------------
-# Files
 
 
 def cell(value: object) -> str:
@@ -186,7 +164,6 @@ def cell(value: object) -> str:
 
 
 def write_metrics_by_step(result: Analysis, path: Path) -> None:
-    """``metrics_by_step.csv``: one row per step, columns of ``METRIC_NAMES`` and cross-checks."""
     columns = ["step", "n", "n_questions", *METRIC_NAMES]
     extra = [c for c in ("orchestrator_reward", "reward_gap", "partial") if c in result.rows[0]]
     names = result.attribution.round_names
@@ -201,9 +178,8 @@ def write_metrics_by_step(result: Analysis, path: Path) -> None:
 
 
 def _texts(values: np.ndarray, keep: np.ndarray | None = None) -> list[str]:
-    """The CSV text of each value: ``repr`` of the Python value (round-trip exact for floats,
-    as ``csv`` writes them), "" where ``keep`` is False (a value that does not exist). Each
-    distinct value is formatted once (floats by their bits: -0.0 keeps its sign)."""
+    """``repr`` of each value as ``csv`` writes it, "" where not ``keep``; each distinct value
+    formatted once (floats keyed by their bits: -0.0 keeps its sign)."""
     key = values.view(np.int64) if values.dtype == np.float64 else values
     _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
     distinct = [repr(v) for v in values[first].tolist()]
@@ -214,7 +190,6 @@ def _texts(values: np.ndarray, keep: np.ndarray | None = None) -> list[str]:
 
 
 def write_rollouts_csv(rollouts: Rollouts, path: Path) -> None:
-    """``calibration_metrics.csv``: the original per-rollout columns with a true ``parseable``."""
     header = "index,step,reward,brier_score,p_yes,ground_truth,parseable,length,length_penalty,"
     header += "question_id,correct,confidence"
     ok = rollouts.parseable
@@ -232,8 +207,7 @@ def write_rollouts_csv(rollouts: Rollouts, path: Path) -> None:
         _texts(rollouts.correct.astype(np.int64)),
         _texts(rollouts.confidence, ok),
     ]
-    # What csv.writer would write (its default \r\n line ends): no field is ever quoted, as
-    # numbers, True/False and "" hold no comma, quote or newline. Joined here: 3x faster.
+    # What csv.writer writes (\r\n; no field needs quoting), joined by hand: 3x faster.
     lines = map(",".join, zip(*columns, strict=True))
     with open(path, "w", newline="") as f:
         f.write(header + "\r\n")
@@ -241,27 +215,21 @@ def write_rollouts_csv(rollouts: Rollouts, path: Path) -> None:
             f.write("\r\n".join(lines) + "\r\n")
 
 
-def _fmt(value: float, digits: int = 3) -> str:
-    return "n/a" if math.isnan(value) else f"{value:.{digits}f}"
+def table(head: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
+    """A Markdown table (summary.md, comparison.md)."""
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
 
 def _first_last_table(result: Analysis) -> list[str]:
-    a, b = result.first_step, result.last_step
-    lines = [
-        f"| metric | step {a} | step {b} | change |",
-        "| --- | --- | --- | --- |",
-    ]
+    a, b = result.ends
+    rows = []
     for name in METRIC_NAMES:
-        first = result.first_last[a][name]
-        last = result.first_last[b][name]
-        if math.isnan(first.value) and math.isnan(last.value):
-            continue
-        change = last.value - first.value
-        lines.append(
-            f"| {LABELS[name]} | {first.format()} | {last.format()} | "
-            f"{'n/a' if math.isnan(change) else f'{change:+.3f}'} |"
-        )
-    return lines
+        first, last = result.first_last[a][name], result.first_last[b][name]
+        if not (math.isnan(first.value) and math.isnan(last.value)):
+            change = Interval(last.value - first.value).format(sign="+")
+            rows.append([LABELS[name], first.format(), last.format(), change])
+    return table(["metric", f"step {a}", f"step {b}", "change"], rows)
 
 
 def _cross_check(result: Analysis) -> list[str]:
@@ -273,55 +241,44 @@ def _cross_check(result: Analysis) -> list[str]:
             f"{result.shape.rollouts_per_example} rollouts"
             + (" (clean attribution)." if wrong == 0 else ": rollouts crossed a step boundary.")
         )
-    if result.orchestrator:
-        gaps = [
-            (int(r["step"]), r["reward_gap"], r["reward"], r["orchestrator_reward"])
-            for r in result.rows
-            if not math.isnan(r.get("reward_gap", math.nan))
-        ]
-        if gaps:
-            abs_gaps = np.abs([g[1] for g in gaps])
-            worst = gaps[int(np.argmax(abs_gaps))]
-            what = (
-                "per-round mean reward of the eval rounds vs the orchestrator's 'Evaluated ... "
-                "(Avg@k=x' lines (in order)"
-                if result.options.split == "eval"
-                else "per-step mean reward of the attributed rollouts vs the orchestrator's"
-            )
-            lines.append(
-                f"- Orchestrator log: {what} over {len(gaps)} common steps: mean |gap| "
-                f"{abs_gaps.mean():.4f}, max |gap| {abs_gaps.max():.4f} at step {worst[0]} "
-                f"({worst[2]:.4f} vs {worst[3]:.4f})."
-            )
-            lines += [
-                "",
-                "| step | analysis reward | orchestrator reward | gap |",
-                "| --- | --- | --- | --- |",
-            ]
-            lines += [f"| {s} | {r:.4f} | {o:.4f} | {g:+.4f} |" for s, g, r, o in gaps]
-        else:
-            lines.append("- Orchestrator log: no step in common with the analysed rollouts.")
-    else:
-        lines.append(
-            "- No orchestrator log given (--orchestrator-log): attribution not cross-checked."
-        )
-    return lines
+    if not result.orchestrator:
+        return [*lines, "- No orchestrator log given (--orchestrator-log): " + NOT_CHECKED]
+    gaps = [
+        (int(r["step"]), r["reward_gap"], r["reward"], r["orchestrator_reward"])
+        for r in result.rows
+        if not math.isnan(r.get("reward_gap", math.nan))
+    ]
+    if not gaps:
+        return [*lines, "- Orchestrator log: no step in common with the analysed rollouts."]
+    abs_gaps = np.abs([g[1] for g in gaps])
+    worst = gaps[int(np.argmax(abs_gaps))]
+    what = (
+        "per-round mean reward of the eval rounds vs the orchestrator's 'Evaluated ... "
+        "(Avg@k=x' lines (in order)"
+        if result.options.split == "eval"
+        else "per-step mean reward of the attributed rollouts vs the orchestrator's"
+    )
+    lines.append(
+        f"- Orchestrator log: {what} over {len(gaps)} common steps: mean |gap| "
+        f"{abs_gaps.mean():.4f}, max |gap| {abs_gaps.max():.4f} at step {worst[0]} "
+        f"({worst[2]:.4f} vs {worst[3]:.4f})."
+    )
+    rows = [[str(s), f"{r:.4f}", f"{o:.4f}", f"{g:+.4f}"] for s, g, r, o in gaps]
+    return [*lines, "", *table(["step", "analysis reward", "orchestrator reward", "gap"], rows)]
 
 
 def _step_table(rows: Sequence[dict[str, float]]) -> list[str]:
-    # The summary's table keeps it short: the CSV has the length and ensemble columns too.
+    # Short: the CSV has the length and ensemble columns too.
     short = {"mean_length", "mean_p_yes", "ensemble_brier", "ensemble_ece_pyes"}
     names = [name for name in METRIC_NAMES if name not in short]
-    has_orch = "orchestrator_reward" in rows[0]
-    head = ["step", "n", *names] + (["orchestrator_reward"] if has_orch else [])
-    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
-    for row in rows:
-        cells = [str(int(row["step"])), str(int(row["n"]))]
-        cells += [_fmt(row[n]) for n in names]
-        if has_orch:
-            cells.append(_fmt(row["orchestrator_reward"], 4))
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines
+    orch = ["orchestrator_reward"] * ("orchestrator_reward" in rows[0])
+    cells = [
+        [str(int(row["step"])), str(int(row["n"]))]
+        + [Interval(row[n]).format() for n in names]
+        + [Interval(row[n]).format(4) for n in orch]
+        for row in rows
+    ]
+    return table(["step", "n", *names, *orch], cells)
 
 
 def _shown_path(path: Path | str) -> str:
@@ -340,7 +297,7 @@ def _inputs(result: Analysis) -> list[str]:
     lines.append(
         f"- Rollouts analysed: {len(result.rollouts)} ({read.n_records} read, split "
         f"`{result.options.split}`), {len(result.rows)} steps "
-        f"({result.first_step}..{result.last_step})."
+        f"({result.ends[0]}..{result.ends[1]})."
     )
     if read.other_split:
         lines.append(f"- Left out: {read.other_split} records of the other split.")
@@ -351,7 +308,7 @@ def _inputs(result: Analysis) -> list[str]:
 
 def summary_markdown(result: Analysis) -> str:
     """The text of ``summary.md``."""
-    a, b = result.first_step, result.last_step
+    a, b = result.ends
     unit = result.bootstrap_unit
     lines = ["# Calibration analysis", "", "## Inputs", "", *_inputs(result), ""]
     lines += [
@@ -384,7 +341,7 @@ def summary_markdown(result: Analysis) -> str:
 
 
 def _reward_sentence(result: Analysis) -> list[str]:
-    a, b = result.first_step, result.last_step
+    a, b = result.ends
     if a == b:
         return []
     first, last = result.first_last[a], result.first_last[b]
@@ -400,7 +357,7 @@ def _reward_sentence(result: Analysis) -> list[str]:
 
 def readme_section(result: Analysis, command: str) -> str:
     """The README's Results section, generated from the same numbers as ``summary.md``."""
-    a, b = result.first_step, result.last_step
+    a, b = result.ends
     unit = result.bootstrap_unit
     lines = [
         "## Results",
@@ -425,22 +382,17 @@ def readme_section(result: Analysis, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _panels(result: Analysis) -> list[tuple[str, Rollouts]]:
-    rollouts = result.rollouts
-    size = result.options.group_size
-    n_steps = len(result.rows)
-    if size is None:
-        size = max(1, math.ceil(n_steps / MAX_PANELS))
-    out = []
-    for group in step_groups(rollouts.step, size):
-        name = f"step {group[0]}" if len(group) == 1 else f"steps {group[0]}-{group[-1]}"
-        out.append((name, rollouts.subset(np.isin(rollouts.step, group))))
-    return out
-
-
 def write_plots(result: Analysis, out: Path) -> None:
     """The four figures (matplotlib imported here only)."""
-    groups = _panels(result)
+    rollouts = result.rollouts
+    size = result.options.group_size or max(1, math.ceil(len(result.rows) / MAX_PANELS))
+    groups = [
+        (
+            f"step {group[0]}" if len(group) == 1 else f"steps {group[0]}-{group[-1]}",
+            rollouts.subset(np.isin(rollouts.step, group)),
+        )
+        for group in step_groups(rollouts.step, size)
+    ]
     rollout_panels = [
         plots.Panel(name, part.p_yes[part.parseable], part.y[part.parseable], len(part))
         for name, part in groups

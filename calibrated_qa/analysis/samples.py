@@ -1,10 +1,7 @@
 """Stratified samples of completions from chosen steps, as readable Markdown.
 
-Reading chain-of-thought samples is how one sees *what* RL changed (shorter reasoning, hedged
-percents, format drift). A uniform sample of a late step is almost all "correct and confident",
-so samples are stratified: correct/wrong x confident/uncertain, plus unparseable, in equal shares
-where a stratum has enough rollouts. The first pass (``read_rollouts``) keeps no text; the
-completions of the chosen rollouts only are read in a second pass.
+A uniform sample of a late step is almost all "correct and confident", hence the strata; only the
+chosen rollouts' texts are read, in a second pass.
 """
 
 from __future__ import annotations
@@ -27,8 +24,6 @@ STRATA = (
 
 @dataclass(frozen=True)
 class Sample:
-    """One chosen rollout: where it is, and why it was chosen."""
-
     step: int
     stratum: str
     row: int  # row in the Rollouts

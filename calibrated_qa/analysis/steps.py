@@ -1,11 +1,7 @@
 """Which training step (or eval round) each rollout belongs to, and how sure we can be.
 
-The environment cannot see the step: ``index // batch_size`` in log order is approximate (4
-env-server workers interleave appends), so it is cross-checked against the orchestrator's
-per-step reward and by counting (step, question) groups of the wrong size. Records past
-``max_steps x batch_size`` (still in flight at the end) are counted and left out. Eval rounds are
-labelled by the checkpoint they evaluate (prime-rl 6cae5cc's cadence:
-``run_config.eval_checkpoints``). Exact steps come from prime-rl 559b447's episode files.
+The environment cannot see the step: ``index // batch_size`` in log order is approximate (workers
+interleave appends), hence the cross-checks; docs/analysis.md has the rules.
 """
 
 from __future__ import annotations
@@ -28,12 +24,7 @@ from calibrated_qa.analysis.episodes import (
 )
 from calibrated_qa.analysis.metrics import question_groups
 from calibrated_qa.analysis.readers import AnalysisInputError, Rollouts, records
-from calibrated_qa.run_config import (
-    RunConfig,
-    RunConfigError,
-    eval_checkpoints,
-    read_run_config,
-)
+from calibrated_qa.run_config import RunConfigError, eval_checkpoints, read_run_config
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 # prime-rl 6cae5cc, orchestrator.py: "Step {n} | Time: {t:.2f}s | Reward: {r:.4f} |..."; 559b447,
@@ -62,14 +53,11 @@ class RunShape:
 
 
 def read_run_shape(path: str | os.PathLike[str]) -> RunShape:
-    """Batch size, rollouts per example, max_tokens and eval cadence from a prime-rl TOML config."""
+    """The run's shape from a prime-rl TOML config (through ``run_config``, the one reader)."""
     try:
-        return _shape(read_run_config(path))
+        config = read_run_config(path)
     except RunConfigError as exc:
         raise AnalysisInputError(str(exc)) from None
-
-
-def _shape(config: RunConfig) -> RunShape:
     schedule = config.eval
     return RunShape(
         max_steps=config.max_steps,
@@ -85,8 +73,6 @@ def _shape(config: RunConfig) -> RunShape:
 
 @dataclass(frozen=True)
 class Attribution:
-    """How steps were assigned, for the report."""
-
     method: str  # one sentence, printed in summary.md
     partial_step: int | None = None  # the last step, when it holds fewer than a full batch
     partial_count: int = 0
@@ -143,10 +129,9 @@ def has_own_steps(rollouts: Rollouts) -> bool:
     return bool(len(rollouts)) and bool(np.all(rollouts.step >= 0))
 
 
-def truncate_to_max_steps(
-    rollouts: Rollouts, batch_size: int | None, max_steps: int | None, source: str
-) -> tuple[Rollouts, int, str | None]:
+def truncate_to_max_steps(rollouts: Rollouts, shape: RunShape) -> tuple[Rollouts, int, str | None]:
     """The records of the first ``max_steps`` steps, the surplus count, and a sentence about it."""
+    batch_size, max_steps, source = shape.batch_size, shape.max_steps, shape.max_steps_source
     if max_steps is None:
         return rollouts, 0, None
     if has_own_steps(rollouts):
@@ -208,12 +193,8 @@ def attribute_steps(
 
 
 def _round_starts(rollouts: Rollouts, per_question: int) -> list[int]:
-    """Where each eval round starts: a question seen ``per_question`` times opens the next round.
-
-    A short round (eval runs with ``max_retries=0``) would swallow the next round's first records
-    of its missing questions; with record times, the boundary moves back to the largest time gap
-    among the records that could still belong to the next round (training runs between rounds).
-    """
+    """Where each eval round starts: a question seen ``per_question`` times opens the next round;
+    with record times, a boundary moves back to the largest time gap (a short round's fix)."""
     question, time = rollouts.question, rollouts.time
     starts, seen = [0], defaultdict(int)
     for i, q in enumerate(question.tolist()):
@@ -238,20 +219,15 @@ def _round_starts(rollouts: Rollouts, per_question: int) -> list[int]:
 
 
 def attribute_eval_rounds(
-    rollouts: Rollouts,
-    eval_size: int | None,
-    interval: int | None,
-    *,
-    base_model: bool = True,
-    rollouts_per_example: int | None = None,
-    max_steps: int | None = None,
-    strict: bool = False,
+    rollouts: Rollouts, shape: RunShape, *, strict: bool = False
 ) -> Attribution:
     """Set ``rollouts.step`` to the checkpoint each record's eval round evaluates (in place).
 
-    Rounds by question identity when ``rollouts_per_example`` is known, else by position; a
-    short round is a warning (an error when ``strict``), a larger one an error.
+    Rounds by question identity when the eval's rollouts per example are known, else by
+    position; a short round is a warning (an error when ``strict``), a larger one an error.
     """
+    eval_size, interval, max_steps = shape.eval_size, shape.eval_interval, shape.max_steps
+    rollouts_per_example = shape.eval_rollouts_per_example
     n = len(rollouts)
     by_identity = bool(rollouts_per_example) and rollouts.has_identity
     if by_identity:
@@ -277,7 +253,7 @@ def attribute_eval_rounds(
     sizes = np.diff([*starts, n])
     rounds = len(starts)
     online, final = eval_checkpoints(
-        interval, base_model=base_model, max_steps=max_steps, rounds=rounds
+        interval, base_model=shape.eval_base_model, max_steps=max_steps, rounds=rounds
     )
     labels = online + ([final] if final is not None else [])
     if rounds > len(labels):
@@ -377,24 +353,11 @@ def attribute(
         if split == "eval":
             names = {int(s): f"eval at step {int(s)}" for s in np.unique(rollouts.step)}
             return rollouts, Attribution(EXACT, round_names=names, warnings=warnings)
-        kept, surplus, note = truncate_to_max_steps(
-            rollouts, shape.batch_size, shape.max_steps, shape.max_steps_source
-        )
+        kept, surplus, note = truncate_to_max_steps(rollouts, shape)
         return kept, Attribution(EXACT, surplus=surplus, surplus_note=note, warnings=warnings)
     if split == "eval" and not has_own_steps(rollouts):
-        attribution = attribute_eval_rounds(
-            rollouts,
-            shape.eval_size,
-            shape.eval_interval,
-            base_model=shape.eval_base_model,
-            rollouts_per_example=shape.eval_rollouts_per_example,
-            max_steps=shape.max_steps,
-            strict=strict_eval,
-        )
-        return rollouts, attribution
-    kept, surplus, note = truncate_to_max_steps(
-        rollouts, shape.batch_size, shape.max_steps, shape.max_steps_source
-    )
+        return rollouts, attribute_eval_rounds(rollouts, shape, strict=strict_eval)
+    kept, surplus, note = truncate_to_max_steps(rollouts, shape)
     attribution = attribute_steps(kept, shape.batch_size, allow_partial=allow_partial)
     return kept, replace(attribution, surplus=surplus, surplus_note=note)
 
