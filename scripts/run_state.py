@@ -115,7 +115,7 @@ def move_aside_all(out: Path) -> Path | None:
     paths = [out / name for name in top if (out / name).exists()]
     paths += _log_files(out)
     paths += [p for p in sorted(out.glob("logs*")) if p.is_dir()]
-    paths += sorted(out.glob("orchestrator.combined.stdout"))
+    paths += [p for p in (out / "orchestrator.combined.stdout", out / "pruner.log") if p.exists()]
     if not paths:
         return None
     folder = aside_dir(out, "earlier-run")

@@ -26,7 +26,10 @@ STALE = {
     "training log only": lambda out: write_log(out / "generations.jsonl", records(range(1), 4)),
     "eval log only": lambda out: write_log(out / "eval_generations.jsonl", records(range(1), 2)),
     "orchestrator ahead": lambda out: fake_run(out, orchestrator=(10,), unfinished_trainer=(10,)),
-    "logs of a run": lambda out: write_log(out / "logs" / "orchestrator.stdout", ["Step 0\n"]),
+    "logs of a run": lambda out: (
+        write_log(out / "logs" / "orchestrator.stdout", ["Step 0\n"]),
+        write_log(out / "pruner.log", ["pruned run_default/broadcasts/step_2\n"]),
+    ),
 }
 
 
