@@ -175,14 +175,10 @@ echo "model files: $MODEL_DIR"
 # Disk: the run's peak need from the config and the model's size (formula: scripts/disk_need.py).
 NEED_GB=$(lc disk-need "$CONFIG" "$MODEL_DIR") || die "could not compute the disk need (reason above)"
 NEED_GB=${MIN_FREE_GB:-$NEED_GB}
-DISK_PATH=$OUTPUT_DIR
-while [[ ! -e $DISK_PATH ]]; do DISK_PATH=$(dirname "$DISK_PATH"); done
-FREE_KB=$(df -Pk "$DISK_PATH" | awk 'NR == 2 {print $4}')
-[[ $FREE_KB =~ ^[0-9]+$ ]] || die "could not read free disk space of $DISK_PATH from df"
-FREE_GB=$((FREE_KB * 1024 / 1000000000))
-((FREE_GB >= NEED_GB)) || die "only $FREE_GB GB free at $DISK_PATH, the run needs $NEED_GB GB at its peak" \
+FREE_GB=$(free_gb "$OUTPUT_DIR") || exit 1
+((FREE_GB >= NEED_GB)) || die "only $FREE_GB GB free for $OUTPUT_DIR, the run needs $NEED_GB GB at its peak" \
   "free space, or put --output-dir on a larger volume (e.g. /workspace on RunPod)"
-echo "disk: $FREE_GB GB free at $DISK_PATH, $NEED_GB GB needed"
+echo "disk: $FREE_GB GB free for $OUTPUT_DIR, $NEED_GB GB needed"
 
 # W&B: offline needs nothing; online needs a key W&B accepts (passed on in the environment only).
 if [[ $WANDB_MODE_ARG == online ]]; then

@@ -50,14 +50,10 @@ use_work_root
 PRIME_RL_DIR=${PRIME_RL_DIR:-$WORK_ROOT/prime-rl}
 say "Installing into $WORK_ROOT (prime-rl: $PRIME_RL_DIR)"
 if ! (cd "$PRIME_RL_DIR" 2>/dev/null && [[ -x .venv/bin/python ]]); then
-  DISK_PATH=$PRIME_RL_DIR
-  while [[ ! -e $DISK_PATH ]]; do DISK_PATH=$(dirname "$DISK_PATH"); done
-  FREE_KB=$(df -Pk "$DISK_PATH" | awk 'NR == 2 {print $4}')
-  [[ $FREE_KB =~ ^[0-9]+$ ]] || die "could not read free disk space of $DISK_PATH from df"
-  FREE_GB=$((FREE_KB * 1024 / 1000000000))
-  ((FREE_GB >= SETUP_NEED_GB)) || die "only $FREE_GB GB free at $DISK_PATH, setup needs $SETUP_NEED_GB GB" \
+  FREE_GB=$(free_gb "$PRIME_RL_DIR") || exit 1
+  ((FREE_GB >= SETUP_NEED_GB)) || die "only $FREE_GB GB free for $PRIME_RL_DIR, setup needs $SETUP_NEED_GB GB" \
     "mount a larger volume (CQA_VOLUME, default /workspace) or set CQA_ROOT / --prime-rl-dir"
-  echo "disk: $FREE_GB GB free at $DISK_PATH"
+  echo "disk: $FREE_GB GB free for $PRIME_RL_DIR"
 fi
 
 say "[1/6] uv $UV_PIN"

@@ -108,6 +108,16 @@ gpu_table() {
   fi
 }
 
+# free_gb PATH: GB (10^9 bytes) free on the file system of PATH, or of its nearest existing
+# parent when PATH is yet to be created (an output dir, prime-rl's folder before setup).
+free_gb() {
+  local path=$1 kb
+  while [[ ! -e $path ]]; do path=$(dirname "$path"); done
+  kb=$(df -Pk "$path" | awk 'NR == 2 {print $4}')
+  [[ $kb =~ ^[0-9]+$ ]] || die "could not read free disk space of $path from df"
+  echo $((kb * 1024 / 1000000000))
+}
+
 # mount_of PATH: the mount point of the file system holding PATH (df's last column).
 mount_of() {
   df -Pk "$1" 2>/dev/null | awk 'NR == 2 {print $NF}'
