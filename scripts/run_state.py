@@ -209,10 +209,8 @@ def _split_log(out: Path, stem: str, part: int, keep_total: int | None, folder: 
     if not current.exists() or not current.stat().st_size:
         return None
     lines = current.read_bytes().splitlines(keepends=True)
-    if keep_total is None:
-        keep_total = len(lines) + sum(_count_lines(p) for p in kept_parts(out, stem))
     previous = sum(_count_lines(p) for p in kept_parts(out, stem))
-    keep = max(keep_total - previous, 0)
+    keep = len(lines) if keep_total is None else max(keep_total - previous, 0)
     kept, redone = lines[:keep], lines[keep:]
     (out / f"{stem}.part{part}.jsonl").write_bytes(b"".join(kept))
     if redone:
