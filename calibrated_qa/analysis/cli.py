@@ -20,38 +20,32 @@ from calibrated_qa.records import RecordError
 
 ANALYZE_DOC = """Calibration analysis of a generation log: per-step metrics, reliability, summary.
 
-Reads this project's generation log (.jsonl or .jsonl.gz); the original recipe's log and
-per-rollout CSV are converted on the fly (calibrated_qa/analysis/convert.py). Writes to --out:
-metrics_by_step.csv, calibration_metrics.csv, summary.md and four figures. With --compare
-LABEL=PATH[@STEP|@final|@all] ... it instead compares several eval logs in one table, with each
-log's difference from the first and its paired bootstrap interval.
+Reads this project's generation log (.jsonl or .jsonl.gz) or the original recipe's log or
+per-rollout CSV (converted on the fly: calibrated_qa/analysis/convert.py). Writes to --out:
+metrics_by_step.csv, calibration_metrics.csv, summary.md and four figures; with --compare, one
+table of several eval logs, each with its paired difference from the first.
 
 Examples:
-  python analyze_calibration.py --generations outputs/run/generations.jsonl \\
+  python analyze_calibration.py --generations OUT/generations.jsonl \\
       --config configs/calibrated_qa_gemma2_2b.toml \\
-      --orchestrator-log outputs/run/logs/orchestrator.stdout --out results/run
-  python analyze_calibration.py --split eval --config configs/calibrated_qa_gemma2_2b.toml \\
-      --compare base=outputs/run/eval_generations.jsonl@0 \\
-      trained=outputs/run/eval_generations.jsonl@final --out results/run-eval
+      --orchestrator-log OUT/logs/orchestrator.stdout --out results/run
+  python analyze_calibration.py --config configs/calibrated_qa_gemma2_2b.toml \\
+      --compare base=OUT/eval_generations.jsonl@0 trained=OUT/eval_generations.jsonl@final \\
+      --out results/run-eval
 """
 
 SAMPLES_DOC = """Stratified samples of completions from chosen training steps, as a Markdown file.
 
-Reads this project's log or the original recipe's log (.jsonl or .jsonl.gz); samples each step
-evenly across correct/wrong x confident/uncertain (and unparseable).
-
 Example:
-  python sample_generations.py --generations outputs/run/generations.jsonl \\
+  python sample_generations.py --generations OUT/generations.jsonl \\
       --config configs/calibrated_qa_gemma2_2b.toml --steps 0 49 --n 10 --out cot_samples.md
 """
-
 
 SHAPE_OPTIONS = {
     "--batch-size": "rollouts per training step",
     "--rollouts-per-example": "rollouts per question",
-    "--max-steps": "training steps (default: the config's max_steps): only the first max_steps x "
-    "batch_size training records are analysed, the surplus (rollouts still in flight after the "
-    "last step) is counted and reported; the final eval round is checkpoint max_steps-1",
+    "--max-steps": "training steps (default: the config's): records past max_steps x batch_size "
+    "are counted and left out; the final eval round is checkpoint max_steps-1",
     "--eval-size": "records per eval round",
     "--eval-interval": "steps between eval rounds",
     "--eval-rollouts-per-example": "rollouts per question in an eval round",
@@ -63,44 +57,36 @@ def positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+        value = 0
     if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
     return value
 
 
 def _parser(doc: str) -> argparse.ArgumentParser:
+    first, rest = doc.split("\n\n", 1)
     parser = argparse.ArgumentParser(
-        description=doc.split("\n\n")[0],
-        epilog=doc.split("\n\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=first, epilog=rest, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     shape = parser.add_argument_group("run shape (from --config, or explicit; explicit wins)")
     shape.add_argument("--config", help="prime-rl TOML config (max_steps, batch_size, eval, ...)")
     for option, text in SHAPE_OPTIONS.items():
         shape.add_argument(option, type=positive_int, help=text)
-    shape.add_argument(
-        "--no-eval-base-model",
-        action="store_true",
-        help="the log has no base-model eval round (the first round is --eval-interval)",
-    )
-    parser.add_argument("--skip-bad-lines", action="store_true", help="skip and count bad lines")
+    flag = {"action": "store_true"}
+    shape.add_argument("--no-eval-base-model", **flag, help="the log has no base-model round")
+    parser.add_argument("--skip-bad-lines", **flag, help="skip and count malformed lines")
     parser.add_argument(
-        "--allow-partial-step",
-        action="store_true",
-        help="analyse a record count that is not a multiple of the batch size (last step flagged)",
+        "--allow-partial-step", **flag, help="analyse a last step short of the batch size"
     )
     parser.add_argument(
         "--episodes",
         metavar="RUN_DIR",
-        help="prime-rl 559b447 output dir: each record's exact step from its per-step episode "
-        "files (RUN_DIR/rollouts/step_N/...), instead of index // batch size",
+        help="a prime-rl 559b447 output dir: exact steps from its episode files",
     )
     parser.add_argument(
         "--strict-eval",
-        action="store_true",
-        help="fail on a short eval round or a question missing from a compared log (default: "
-        "warn, report each round's n, and pair only the questions present in both)",
+        **flag,
+        help="fail on a short eval round or a question missing from a compared log (default: warn)",
     )
     return parser
 
@@ -128,39 +114,27 @@ def analyze_parser() -> argparse.ArgumentParser:
     parser = _parser(ANALYZE_DOC)
     inputs = parser.add_mutually_exclusive_group(required=True)
     inputs.add_argument(
-        "--generations",
-        nargs="+",
-        metavar="PATH",
-        help="log file(s); several files are one run in order (a resumed run)",
+        "--generations", nargs="+", metavar="PATH", help="log file(s) of one run, in order"
     )
     inputs.add_argument(
         "--compare",
         nargs="+",
         metavar="LABEL=PATH[@STEP|@final|@all]",
-        help="compare several eval logs (any format); @STEP picks the eval round of checkpoint "
-        "STEP, @final the final eval round (needs max_steps: --config or --max-steps), @all "
-        "pools every record; a log with several rounds needs one of them",
+        help="eval logs to compare: @STEP the round of checkpoint STEP, @final the final round, "
+        "@all every record; a log with several rounds needs one",
     )
     parser.add_argument("--out", type=Path, required=True, help="output directory")
-    parser.add_argument(
-        "--split",
-        choices=("train", "eval"),
-        help="records of this split only (default: train; eval with --compare)",
-    )
+    parser.add_argument("--split", choices=("train", "eval"), help="default: train (compare: eval)")
     parser.add_argument("--group-size", type=positive_int, help="steps per reliability diagram")
     parser.add_argument(
         "--orchestrator-log",
-        help="prime-rl orchestrator stdout or a step/reward TSV: reward curve and cross-check "
-        "(split eval: its 'Evaluated ... (Avg@k=x' lines, one per eval round)",
+        help="prime-rl orchestrator stdout or a step/reward TSV, to cross-check the rewards",
     )
     parser.add_argument("--no-plots", action="store_true", help="metrics and CSVs only")
     parser.add_argument("--bootstrap", type=int, default=DEFAULT_RESAMPLES, help="resamples")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     parser.add_argument(
-        "--readme-section",
-        type=Path,
-        metavar="PATH",
-        help="also write the README's Results section (generated from the summary) to PATH",
+        "--readme-section", type=Path, metavar="PATH", help="also write the README's Results"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
@@ -190,8 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"analysed {len(result.rollouts)} rollouts over {len(result.rows)} steps; wrote:")
-    for path in written:
-        print(f"  {path}")
+    print("\n".join(f"  {path}" for path in written))
     return 0
 
 
@@ -208,9 +181,8 @@ def samples_main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         rollouts, read, attribution = load(args.generations, run_shape(args), _options(args))
-        for warning in [attribution.surplus_note, *attribution.warnings]:
-            if warning:
-                print(f"warning: {warning}", file=sys.stderr)
+        for warning in filter(None, [attribution.surplus_note, *attribution.warnings]):
+            print(f"warning: {warning}", file=sys.stderr)
         present = sorted({int(s) for s in rollouts.step})
         steps = args.steps or sorted({present[0], present[-1]})
         samples = choose(rollouts, steps, args.n, seed=args.seed, threshold=args.confident)
