@@ -19,24 +19,19 @@ from calibrated_qa.analysis.bootstrap import Interval, bootstrap, with_intervals
 from calibrated_qa.analysis.metrics import DEFINITIONS, tally
 from calibrated_qa.analysis.readers import AnalysisInputError, ReadReport, Rollouts, read_rollouts
 from calibrated_qa.analysis.report import Options, cell, table
-from calibrated_qa.analysis.steps import RunShape, attribute, has_own_steps
+from calibrated_qa.analysis.steps import Attribution, RunShape, attribute
 
 COMPARE_METRICS = (
-    "parse_rate",
-    "accuracy",
-    "brier",
-    "ece_pyes",
-    "ece_conf",
-    "auroc",
-    "mean_p_yes",
-    "reward",
-)
+    "parse_rate", "accuracy", "brier", "ece_pyes", "ece_conf", "auroc", "mean_p_yes", "reward",
+)  # fmt: skip
 FINAL = "final"
 ALL = "all"
+SHAPE = "--config (the training config) or --eval-size/--eval-interval"
+NEEDS_MAX_STEPS = "max_steps (--config with top-level max_steps, or --max-steps)"
 SELECT_HINT = (
     "select one with LABEL=PATH@STEP (the checkpoint, e.g. @0 for the base model) or "
-    "LABEL=PATH@final (the final eval round; needs --config with max_steps, or --max-steps), "
-    "or pool every record with LABEL=PATH@all"
+    f"LABEL=PATH@final (the final eval round; needs {NEEDS_MAX_STEPS}), or pool every record "
+    "with LABEL=PATH@all"
 )
 
 
@@ -86,71 +81,40 @@ class Entry:
     delta_note: str = ""  # how the delta was paired, or why not
 
 
-def _rounds_look_sequential(rollouts: Rollouts) -> int:
-    """How many rounds a log without round structure looks like: c when each question appears
-    c times, all first occurrences before any second one; else 1."""
+def _rounds_in_order(rollouts: Rollouts) -> int:
+    """c when every question appears c times, each once before any twice (c rounds); else 1."""
     if not rollouts.has_identity:
         return 1
-    _, first, counts = np.unique(rollouts.question, return_index=True, return_counts=True)
-    c = int(counts.min())
-    if c < 2 or np.any(counts != c):
-        return 1
-    order = np.argsort(rollouts.question, kind="stable")
-    second = order[np.cumsum(counts) - counts + 1]  # each question's second occurrence
-    return c if int(first.max()) < int(second.min()) else 1
+    _, counts = np.unique(rollouts.question, return_counts=True)
+    firsts = np.unique(rollouts.question[: counts.size]).size  # distinct among the first k
+    return int(counts[0]) if counts.min() == counts.max() > 1 and firsts == counts.size else 1
 
 
 def _select(
-    spec: Spec, rollouts: Rollouts, shape: RunShape, options: Options
+    spec: Spec, rollouts: Rollouts, attribution: Attribution
 ) -> tuple[Rollouts, str, list[str]]:
-    """The records of the selected round of one log, the round in words, and its warnings."""
-    name = f"--compare {spec.label}"
-    if spec.select == ALL:
-        return rollouts, "all records pooled (@all)", []
-    final, warnings = None, []
-    if options.episodes is not None:
-        rollouts, attribution = attribute(
-            rollouts, split="eval", shape=shape, episodes=options.episodes, files=[spec.path]
-        )
-        names, warnings = attribution.round_names, attribution.warnings
-    elif has_own_steps(rollouts):
-        names = {int(s): f"step {int(s)}" for s in np.unique(rollouts.step)}
-    else:
-        try:
-            attribution = attribute(
-                rollouts, split="eval", shape=shape, strict_eval=options.strict_eval
-            )[1]
-        except AnalysisInputError as exc:
+    """The records of the round ``spec`` selects, looked up in the attribution's round names."""
+    name, names, warnings = f"--compare {spec.label}", attribution.round_names, attribution.warnings
+    step = attribution.final_step if spec.select == FINAL else spec.step
+    if not names:  # pooled: no round structure, so only a log of one round, unselected
+        if spec.select == FINAL or step is not None:
             raise AnalysisInputError(
-                f"{name}: {exc}; for a log of another shape (e.g. an offline eval with "
-                "several rollouts per question) use LABEL=PATH@all"
-            ) from exc
-        names, final = attribution.round_names, attribution.final_step
-        warnings = attribution.warnings
-    if not names:
-        if spec.step is not None or spec.select == FINAL:
-            raise AnalysisInputError(
-                f"{name}: selecting an eval round needs the round structure: pass --config "
-                "(the training config) or --eval-size/--eval-interval"
+                f"{name}: selecting an eval round needs the round structure: pass {SHAPE}"
                 + (" and --max-steps" if spec.select == FINAL else "")
             )
-        rounds = _rounds_look_sequential(rollouts)
-        if rounds > 1:
+        if (rounds := _rounds_in_order(rollouts)) > 1:
             raise AnalysisInputError(
-                f"{name}: {spec.path} looks like {rounds} eval rounds (every question "
-                f"appears once per round, {rounds} times in order); pass --config (or "
-                f"--eval-size/--eval-interval) and {SELECT_HINT}"
+                f"{name}: {spec.path} looks like {rounds} eval rounds (every question appears "
+                f"once per round, {rounds} times in order); pass {SHAPE} and {SELECT_HINT}"
             )
-        names = {0: "the whole log (one round)"}
+        return rollouts, "the whole log (one round)", warnings
     found = ", ".join(f"@{s} ({n})" for s, n in sorted(names.items()))
-    if spec.select == FINAL and final is None:
+    if spec.select == FINAL and step is None:
         raise AnalysisInputError(
             f"{name}: no final eval round identified in {spec.path} (rounds found: {found}); "
-            "the final round needs max_steps (--config with top-level max_steps, or "
-            "--max-steps) and a run that reached it"
+            f"the final round needs {NEEDS_MAX_STEPS} and a run that reached it"
         )
-    step = final if spec.select == FINAL else spec.step
-    if step is None:  # no selector: the log must hold one round
+    if step is None:
         if len(names) > 1:
             raise AnalysisInputError(
                 f"{name}: {spec.path} holds {len(names)} eval rounds ({found}); {SELECT_HINT}"
@@ -158,8 +122,7 @@ def _select(
         return rollouts, next(iter(names.values())), warnings
     if step not in names:
         raise AnalysisInputError(
-            f"{name}: no records at step {step} (rounds present: {found}; eval rounds need "
-            "--eval-size/--eval-interval or --config)"
+            f"{name}: no records at step {step} (rounds present: {found}; eval rounds need {SHAPE})"
         )
     mine = [w for w in warnings if w.startswith(f"eval round {names[step]} ")]
     return rollouts.subset(rollouts.step == step), names[step], mine
@@ -201,7 +164,19 @@ def compare(specs: Sequence[Spec], shape: RunShape, options: Options) -> list[En
         rollouts, read = read_rollouts(
             [spec.path], split=o.split, skip_bad_lines=o.skip_bad_lines, progress=o.progress
         )
-        rollouts, selected, warnings = _select(spec, rollouts, shape, o)
+        selected, warnings = "all records pooled (@all)", []
+        if spec.select != ALL:
+            try:
+                rollouts, attribution = attribute(
+                    rollouts, split="eval", shape=shape, allow_partial=o.allow_partial_step,
+                    strict_eval=o.strict_eval, episodes=o.episodes, files=read.files,
+                )  # fmt: skip
+            except AnalysisInputError as exc:
+                raise AnalysisInputError(
+                    f"--compare {spec.label}: {exc}; for a log of another shape (e.g. an offline "
+                    "eval with several rollouts per question) use LABEL=PATH@all"
+                ) from exc
+            rollouts, selected, warnings = _select(spec, rollouts, attribution)
         rollouts.step[:] = 0  # one round: the self-ensemble groups by question
         intervals, unit = with_intervals(rollouts, resamples=o.bootstrap, seed=o.seed)
         entries.append(Entry(spec, rollouts, read, intervals, unit, selected, warnings))
