@@ -26,12 +26,11 @@ COMPARE_METRICS = (
 )  # fmt: skip
 FINAL = "final"
 ALL = "all"
-SHAPE = "--config (the training config) or --eval-size/--eval-interval"
-NEEDS_MAX_STEPS = "max_steps (--config with top-level max_steps, or --max-steps)"
+SHAPE = "--config (the training config, or --eval-size/--eval-interval)"
 SELECT_HINT = (
     "select one with LABEL=PATH@STEP (the checkpoint, e.g. @0 for the base model) or "
-    f"LABEL=PATH@final (the final eval round; needs {NEEDS_MAX_STEPS}), or pool every record "
-    "with LABEL=PATH@all"
+    "LABEL=PATH@final (the final eval round; needs --config with max_steps, or --max-steps), "
+    "or pool every record with LABEL=PATH@all"
 )
 
 
@@ -41,31 +40,30 @@ class Spec:
 
     label: str
     path: str
-    step: int | None = None  # @STEP
-    select: str | None = None  # "final" or "all"
+    select: str = ""  # what follows the @: a step number, "final", "all", or nothing
 
     @property
-    def suffix(self) -> str:
-        if self.step is not None:
-            return f"@{self.step}"
-        return f"@{self.select}" if self.select else ""
+    def step(self) -> int | None:
+        return int(self.select) if self.select.isdigit() else None
+
+    @property
+    def source(self) -> str:
+        return f"{self.path}@{self.select}" if self.select else self.path
 
 
 def parse_spec(text: str) -> Spec:
     """``LABEL=PATH``, ``LABEL=PATH@STEP``, ``LABEL=PATH@final`` or ``LABEL=PATH@all``."""
-    label, sep, rest = text.partition("=")
-    if not sep or not label or not rest:
+    label, _, rest = text.partition("=")
+    if not label or not rest:
         raise AnalysisInputError(f"--compare takes LABEL=PATH[@STEP|@final|@all], got {text!r}")
-    path, at, tail = rest.rpartition("@") if "@" in rest else (rest, "", "")
+    path, at, select = rest.rpartition("@")
     if not at:
-        return Spec(label, path)
-    if tail in (FINAL, ALL):
-        return Spec(label, path, select=tail)
-    if not tail.isdigit():
+        return Spec(label, rest)
+    if select not in (FINAL, ALL) and not select.isdigit():
         raise AnalysisInputError(
             f"--compare {text!r}: the part after @ must be a step number, 'final' or 'all'"
         )
-    return Spec(label, path, step=int(tail))
+    return Spec(label, path, select)
 
 
 @dataclass
@@ -112,7 +110,8 @@ def _select(
     if spec.select == FINAL and step is None:
         raise AnalysisInputError(
             f"{name}: no final eval round identified in {spec.path} (rounds found: {found}); "
-            f"the final round needs {NEEDS_MAX_STEPS} and a run that reached it"
+            "the final round needs max_steps (--config with top-level max_steps, or "
+            "--max-steps) and a run that reached it"
         )
     if step is None:
         if len(names) > 1:
@@ -189,25 +188,23 @@ def write_comparison(entries: Sequence[Entry], out: Path, *, plots_too: bool = T
     """``comparison.csv``, ``comparison.md`` and ``comparison_reliability.png`` in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     reference = entries[0].spec.label if entries else ""
+    ends = (("", "value"), ("_low", "low"), ("_high", "high"))
     rows = []
     for i, e in enumerate(entries):
-        n_q = len(set(e.rollouts.question.tolist())) if e.rollouts.has_identity else ""
+        delta = e.delta or dict.fromkeys(COMPARE_METRICS, Interval(math.nan))
         row: dict[str, object] = {"label": e.spec.label, "n": len(e.rollouts)}
-        row |= {m: cell(e.intervals[m].value) for m in COMPARE_METRICS}
-        for m in COMPARE_METRICS:
-            row |= {f"{m}_low": cell(e.intervals[m].low), f"{m}_high": cell(e.intervals[m].high)}
-        for m in COMPARE_METRICS:
-            d = (e.delta or {}).get(m, Interval(math.nan))
-            row |= {f"delta_{m}": cell(d.value), f"delta_{m}_low": cell(d.low)}
-            row[f"delta_{m}_high"] = cell(d.high)
+        row |= {m: e.intervals[m].value for m in COMPARE_METRICS}
+        row |= {m + k: getattr(e.intervals[m], at) for m in COMPARE_METRICS for k, at in ends[1:]}
+        row |= {f"delta_{m}{k}": getattr(delta[m], at) for m in COMPARE_METRICS for k, at in ends}
         rows.append(row | {
-            "delta_vs": reference if i else "", "delta_pairing": e.delta_note, "n_questions": n_q,
-            "format": e.read.fmt, "bootstrap_unit": e.unit, "path": e.spec.path + e.spec.suffix,
+            "delta_vs": reference if i else "", "delta_pairing": e.delta_note,
+            "n_questions": np.unique(e.rollouts.question).size if e.rollouts.has_identity else "",
+            "format": e.read.fmt, "bootstrap_unit": e.unit, "path": e.spec.source,
         })  # fmt: skip
     with open(out / "comparison.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows({key: cell(value) for key, value in row.items()} for row in rows)
     lines = ["# Comparison", "", "Each metric with its 95% percentile bootstrap interval.", ""]
     lines += table(
         ["label", "n", *COMPARE_METRICS, "resampled"],
@@ -239,9 +236,7 @@ def write_comparison(entries: Sequence[Entry], out: Path, *, plots_too: bool = T
         lines += table(["label", *(f"Δ {m}" for m in COMPARE_METRICS), "pairing"], rows)
     lines += ["", "## Inputs", ""]
     for e in entries:
-        lines.append(
-            f"- `{e.spec.label}`: `{e.spec.path}{e.spec.suffix}` ({e.read.fmt}; {e.selected})"
-        )
+        lines.append(f"- `{e.spec.label}`: `{e.spec.source}` ({e.read.fmt}; {e.selected})")
         lines += [f"  - note: {note}" for note in e.read.notes]
         lines += [f"  - **warning**: {w}" for w in e.warnings]
         if e.read.other_split:
