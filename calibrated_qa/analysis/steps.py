@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import os
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -197,11 +197,10 @@ def _round_starts(rollouts: Rollouts, per_question: int) -> list[int]:
         seen[q] += 1
     if len(starts) == 1 or not np.all(time > 0):
         return starts
+    ends = [*starts[1:], len(question)]
     for k in range(1, len(starts)):
-        b, following = starts[k], defaultdict(int)
-        end = starts[k + 1] if k + 1 < len(starts) else len(question)
-        for q in question[b:end].tolist():
-            following[q] += 1
+        b = starts[k]
+        following = Counter(question[b : ends[k]].tolist())
         j = b  # earliest start keeping the next round within per_question per question
         while j - 1 > starts[k - 1] and following[int(question[j - 1])] < per_question:
             j -= 1
@@ -219,9 +218,8 @@ def attribute_eval_rounds(
     Rounds by question identity when the eval's rollouts per example are known, else by
     position; a short round is a warning (an error when ``strict``), a larger one an error.
     """
-    per_question, interval, max_steps = (
-        shape.eval_rollouts_per_example, shape.eval_interval, shape.max_steps
-    )  # fmt: skip
+    interval, max_steps = shape.eval_interval, shape.max_steps
+    per_question = shape.eval_rollouts_per_example
     n = len(rollouts)
     by_identity = bool(per_question) and rollouts.has_identity
     expected = shape.eval_size
@@ -293,8 +291,7 @@ def _log_text(source: Path) -> str:
 def read_orchestrator_rewards(path: str | os.PathLike[str]) -> dict[int, float]:
     """Per-step mean reward from prime-rl's orchestrator stdout or the reference run's TSV."""
     text = _log_text(Path(path))
-    head = text.split("\n", 1)[0]
-    if "\t" in head and {"step", "reward"} <= set(head.strip().split("\t")):
+    if {"step", "reward"} <= set(text.split("\n", 1)[0].strip().split("\t")):
         rows = csv.DictReader(text.splitlines(), delimiter="\t")
         rewards = {int(row["step"]): float(row["reward"]) for row in rows}
     else:  # a resumed run repeats a step: the last line wins
