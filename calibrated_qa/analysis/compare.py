@@ -94,8 +94,8 @@ def _select(
     """The records of the round ``spec`` selects, looked up in the attribution's round names."""
     name, names, warnings = f"--compare {spec.label}", attribution.round_names, attribution.warnings
     step = attribution.final_step if spec.select == FINAL else spec.step
-    if not names:  # pooled: no round structure, so only a log of one round, unselected
-        if spec.select == FINAL or step is not None:
+    if not names:  # pooled (no round structure): only an unselected log of one round
+        if spec.select:  # @STEP or @final (@all never gets here)
             raise AnalysisInputError(
                 f"{name}: selecting an eval round needs the round structure: pass {SHAPE}"
                 + (" and --max-steps" if spec.select == FINAL else "")

@@ -75,12 +75,14 @@ def read_run_shape(path: str | os.PathLike[str]) -> RunShape:
 
 @dataclass(frozen=True)
 class Attribution:
+    """How the steps (or eval rounds) were found, and what was left out or is doubtful."""
+
     method: str  # one sentence, printed in summary.md
     partial_step: int | None = None  # the last step, when it holds fewer than a full batch
     partial_count: int = 0
     surplus: int = 0  # records of steps >= max_steps, left out
     surplus_note: str | None = None  # the loud sentence about them
-    round_names: dict[int, str] = field(default_factory=dict)  # eval: step -> round; {}: pooled
+    round_names: dict[int, str] = field(default_factory=dict)  # eval: step -> round (or pooled: {})
     final_step: int | None = None  # eval: the step label of the final round, when identified
     warnings: list[str] = field(default_factory=list)
 
