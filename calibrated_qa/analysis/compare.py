@@ -19,20 +19,14 @@ from calibrated_qa.analysis.bootstrap import Interval, bootstrap, with_intervals
 from calibrated_qa.analysis.metrics import DEFINITIONS, tally
 from calibrated_qa.analysis.readers import AnalysisInputError, ReadReport, Rollouts, read_rollouts
 from calibrated_qa.analysis.report import Options, cell, table
-from calibrated_qa.analysis.steps import RunShape, attribute, has_own_steps
+from calibrated_qa.analysis.steps import Attribution, RunShape, attribute
 
 COMPARE_METRICS = (
-    "parse_rate",
-    "accuracy",
-    "brier",
-    "ece_pyes",
-    "ece_conf",
-    "auroc",
-    "mean_p_yes",
-    "reward",
-)
+    "parse_rate", "accuracy", "brier", "ece_pyes", "ece_conf", "auroc", "mean_p_yes", "reward",
+)  # fmt: skip
 FINAL = "final"
 ALL = "all"
+SHAPE = "--config (the training config, or --eval-size/--eval-interval)"
 SELECT_HINT = (
     "select one with LABEL=PATH@STEP (the checkpoint, e.g. @0 for the base model) or "
     "LABEL=PATH@final (the final eval round; needs --config with max_steps, or --max-steps), "
@@ -46,31 +40,30 @@ class Spec:
 
     label: str
     path: str
-    step: int | None = None  # @STEP
-    select: str | None = None  # "final" or "all"
+    select: str = ""  # what follows the @: a step number, "final", "all", or nothing
 
     @property
-    def suffix(self) -> str:
-        if self.step is not None:
-            return f"@{self.step}"
-        return f"@{self.select}" if self.select else ""
+    def step(self) -> int | None:
+        return int(self.select) if self.select.isdigit() else None
+
+    @property
+    def source(self) -> str:
+        return f"{self.path}@{self.select}" if self.select else self.path
 
 
 def parse_spec(text: str) -> Spec:
     """``LABEL=PATH``, ``LABEL=PATH@STEP``, ``LABEL=PATH@final`` or ``LABEL=PATH@all``."""
-    label, sep, rest = text.partition("=")
-    if not sep or not label or not rest:
+    label, _, rest = text.partition("=")
+    if not label or not rest:
         raise AnalysisInputError(f"--compare takes LABEL=PATH[@STEP|@final|@all], got {text!r}")
-    path, at, tail = rest.rpartition("@") if "@" in rest else (rest, "", "")
+    path, at, select = rest.rpartition("@")
     if not at:
-        return Spec(label, path)
-    if tail in (FINAL, ALL):
-        return Spec(label, path, select=tail)
-    if not tail.isdigit():
+        return Spec(label, rest)
+    if select not in (FINAL, ALL) and not select.isdigit():
         raise AnalysisInputError(
             f"--compare {text!r}: the part after @ must be a step number, 'final' or 'all'"
         )
-    return Spec(label, path, step=int(tail))
+    return Spec(label, path, select)
 
 
 @dataclass
@@ -86,71 +79,41 @@ class Entry:
     delta_note: str = ""  # how the delta was paired, or why not
 
 
-def _rounds_look_sequential(rollouts: Rollouts) -> int:
-    """How many rounds a log without round structure looks like: c when each question appears
-    c times, all first occurrences before any second one; else 1."""
+def _rounds_in_order(rollouts: Rollouts) -> int:
+    """c when every question appears c times, each once before any twice (c rounds); else 1."""
     if not rollouts.has_identity:
         return 1
-    _, first, counts = np.unique(rollouts.question, return_index=True, return_counts=True)
-    c = int(counts.min())
-    if c < 2 or np.any(counts != c):
-        return 1
-    order = np.argsort(rollouts.question, kind="stable")
-    second = order[np.cumsum(counts) - counts + 1]  # each question's second occurrence
-    return c if int(first.max()) < int(second.min()) else 1
+    _, counts = np.unique(rollouts.question, return_counts=True)
+    firsts = np.unique(rollouts.question[: counts.size]).size  # distinct among the first k
+    return int(counts[0]) if counts.min() == counts.max() > 1 and firsts == counts.size else 1
 
 
 def _select(
-    spec: Spec, rollouts: Rollouts, shape: RunShape, options: Options
+    spec: Spec, rollouts: Rollouts, attribution: Attribution
 ) -> tuple[Rollouts, str, list[str]]:
-    """The records of the selected round of one log, the round in words, and its warnings."""
-    name = f"--compare {spec.label}"
-    if spec.select == ALL:
-        return rollouts, "all records pooled (@all)", []
-    final, warnings = None, []
-    if options.episodes is not None:
-        rollouts, attribution = attribute(
-            rollouts, split="eval", shape=shape, episodes=options.episodes, files=[spec.path]
-        )
-        names, warnings = attribution.round_names, attribution.warnings
-    elif has_own_steps(rollouts):
-        names = {int(s): f"step {int(s)}" for s in np.unique(rollouts.step)}
-    else:
-        try:
-            attribution = attribute(
-                rollouts, split="eval", shape=shape, strict_eval=options.strict_eval
-            )[1]
-        except AnalysisInputError as exc:
+    """The records of the round ``spec`` selects, looked up in the attribution's round names."""
+    name, names, warnings = f"--compare {spec.label}", attribution.round_names, attribution.warnings
+    step = attribution.final_step if spec.select == FINAL else spec.step
+    if not names:  # pooled (no round structure): only an unselected log of one round
+        if spec.select:  # @STEP or @final (@all never gets here)
             raise AnalysisInputError(
-                f"{name}: {exc}; for a log of another shape (e.g. an offline eval with "
-                "several rollouts per question) use LABEL=PATH@all"
-            ) from exc
-        names, final = attribution.round_names, attribution.final_step
-        warnings = attribution.warnings
-    if not names:
-        if spec.step is not None or spec.select == FINAL:
-            raise AnalysisInputError(
-                f"{name}: selecting an eval round needs the round structure: pass --config "
-                "(the training config) or --eval-size/--eval-interval"
+                f"{name}: selecting an eval round needs the round structure: pass {SHAPE}"
                 + (" and --max-steps" if spec.select == FINAL else "")
             )
-        rounds = _rounds_look_sequential(rollouts)
-        if rounds > 1:
+        if (rounds := _rounds_in_order(rollouts)) > 1:
             raise AnalysisInputError(
-                f"{name}: {spec.path} looks like {rounds} eval rounds (every question "
-                f"appears once per round, {rounds} times in order); pass --config (or "
-                f"--eval-size/--eval-interval) and {SELECT_HINT}"
+                f"{name}: {spec.path} looks like {rounds} eval rounds (every question appears "
+                f"once per round, {rounds} times in order); pass {SHAPE} and {SELECT_HINT}"
             )
-        names = {0: "the whole log (one round)"}
+        return rollouts, "the whole log (one round)", warnings
     found = ", ".join(f"@{s} ({n})" for s, n in sorted(names.items()))
-    if spec.select == FINAL and final is None:
+    if spec.select == FINAL and step is None:
         raise AnalysisInputError(
             f"{name}: no final eval round identified in {spec.path} (rounds found: {found}); "
             "the final round needs max_steps (--config with top-level max_steps, or "
             "--max-steps) and a run that reached it"
         )
-    step = final if spec.select == FINAL else spec.step
-    if step is None:  # no selector: the log must hold one round
+    if step is None:
         if len(names) > 1:
             raise AnalysisInputError(
                 f"{name}: {spec.path} holds {len(names)} eval rounds ({found}); {SELECT_HINT}"
@@ -158,8 +121,7 @@ def _select(
         return rollouts, next(iter(names.values())), warnings
     if step not in names:
         raise AnalysisInputError(
-            f"{name}: no records at step {step} (rounds present: {found}; eval rounds need "
-            "--eval-size/--eval-interval or --config)"
+            f"{name}: no records at step {step} (rounds present: {found}; eval rounds need {SHAPE})"
         )
     mine = [w for w in warnings if w.startswith(f"eval round {names[step]} ")]
     return rollouts.subset(rollouts.step == step), names[step], mine
@@ -201,7 +163,19 @@ def compare(specs: Sequence[Spec], shape: RunShape, options: Options) -> list[En
         rollouts, read = read_rollouts(
             [spec.path], split=o.split, skip_bad_lines=o.skip_bad_lines, progress=o.progress
         )
-        rollouts, selected, warnings = _select(spec, rollouts, shape, o)
+        selected, warnings = "all records pooled (@all)", []
+        if spec.select != ALL:
+            try:
+                rollouts, attribution = attribute(
+                    rollouts, split="eval", shape=shape, allow_partial=o.allow_partial_step,
+                    strict_eval=o.strict_eval, episodes=o.episodes, files=read.files,
+                )  # fmt: skip
+            except AnalysisInputError as exc:
+                raise AnalysisInputError(
+                    f"--compare {spec.label}: {exc}; for a log of another shape (e.g. an offline "
+                    "eval with several rollouts per question) use LABEL=PATH@all"
+                ) from exc
+            rollouts, selected, warnings = _select(spec, rollouts, attribution)
         rollouts.step[:] = 0  # one round: the self-ensemble groups by question
         intervals, unit = with_intervals(rollouts, resamples=o.bootstrap, seed=o.seed)
         entries.append(Entry(spec, rollouts, read, intervals, unit, selected, warnings))
@@ -214,25 +188,23 @@ def write_comparison(entries: Sequence[Entry], out: Path, *, plots_too: bool = T
     """``comparison.csv``, ``comparison.md`` and ``comparison_reliability.png`` in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     reference = entries[0].spec.label if entries else ""
+    ends = (("", "value"), ("_low", "low"), ("_high", "high"))
     rows = []
     for i, e in enumerate(entries):
-        n_q = len(set(e.rollouts.question.tolist())) if e.rollouts.has_identity else ""
+        delta = e.delta or dict.fromkeys(COMPARE_METRICS, Interval(math.nan))
         row: dict[str, object] = {"label": e.spec.label, "n": len(e.rollouts)}
-        row |= {m: cell(e.intervals[m].value) for m in COMPARE_METRICS}
-        for m in COMPARE_METRICS:
-            row |= {f"{m}_low": cell(e.intervals[m].low), f"{m}_high": cell(e.intervals[m].high)}
-        for m in COMPARE_METRICS:
-            d = (e.delta or {}).get(m, Interval(math.nan))
-            row |= {f"delta_{m}": cell(d.value), f"delta_{m}_low": cell(d.low)}
-            row[f"delta_{m}_high"] = cell(d.high)
+        row |= {m: e.intervals[m].value for m in COMPARE_METRICS}
+        row |= {m + k: getattr(e.intervals[m], at) for m in COMPARE_METRICS for k, at in ends[1:]}
+        row |= {f"delta_{m}{k}": getattr(delta[m], at) for m in COMPARE_METRICS for k, at in ends}
         rows.append(row | {
-            "delta_vs": reference if i else "", "delta_pairing": e.delta_note, "n_questions": n_q,
-            "format": e.read.fmt, "bootstrap_unit": e.unit, "path": e.spec.path + e.spec.suffix,
+            "delta_vs": reference if i else "", "delta_pairing": e.delta_note,
+            "n_questions": np.unique(e.rollouts.question).size if e.rollouts.has_identity else "",
+            "format": e.read.fmt, "bootstrap_unit": e.unit, "path": e.spec.source,
         })  # fmt: skip
     with open(out / "comparison.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows({key: cell(value) for key, value in row.items()} for row in rows)
     lines = ["# Comparison", "", "Each metric with its 95% percentile bootstrap interval.", ""]
     lines += table(
         ["label", "n", *COMPARE_METRICS, "resampled"],
@@ -264,9 +236,7 @@ def write_comparison(entries: Sequence[Entry], out: Path, *, plots_too: bool = T
         lines += table(["label", *(f"Δ {m}" for m in COMPARE_METRICS), "pairing"], rows)
     lines += ["", "## Inputs", ""]
     for e in entries:
-        lines.append(
-            f"- `{e.spec.label}`: `{e.spec.path}{e.spec.suffix}` ({e.read.fmt}; {e.selected})"
-        )
+        lines.append(f"- `{e.spec.label}`: `{e.spec.source}` ({e.read.fmt}; {e.selected})")
         lines += [f"  - note: {note}" for note in e.read.notes]
         lines += [f"  - **warning**: {w}" for w in e.warnings]
         if e.read.other_split:

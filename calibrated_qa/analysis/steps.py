@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import os
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -36,6 +36,8 @@ _EVAL_LINE = re.compile(
     rf"\bEvaluated (\S+) (?:in [0-9.]+s \(Avg@\d+=|\(Step \d+\) \|[^|]*\|[^|]*\| Reward ){_NUMBER}"
 )
 _STEP_LINE = re.compile(rf"\bSUCCESS\s+Step (\d+) \|[^|]*\| Reward:? {_NUMBER} \|")
+EXACT = "exact: each record's step from prime-rl's episode files (--episodes)"
+OWN_STEPS = "the CSV's own step column (index // batch size in the original run)"
 
 
 @dataclass(frozen=True)
@@ -73,17 +75,16 @@ def read_run_shape(path: str | os.PathLike[str]) -> RunShape:
 
 @dataclass(frozen=True)
 class Attribution:
+    """How the steps (or eval rounds) were found, and what was left out or is doubtful."""
+
     method: str  # one sentence, printed in summary.md
     partial_step: int | None = None  # the last step, when it holds fewer than a full batch
     partial_count: int = 0
-    surplus: int = 0  # records past max_steps x batch_size, left out
+    surplus: int = 0  # records of steps >= max_steps, left out
     surplus_note: str | None = None  # the loud sentence about them
-    round_names: dict[int, str] = field(default_factory=dict)  # eval: step -> round name
+    round_names: dict[int, str] = field(default_factory=dict)  # eval: step -> round (or pooled: {})
     final_step: int | None = None  # eval: the step label of the final round, when identified
-    warnings: list[str] = field(default_factory=list)  # eval: short rounds
-
-
-EXACT = "exact: each record's step from prime-rl's episode files (--episodes)"
+    warnings: list[str] = field(default_factory=list)
 
 
 def episode_steps(
@@ -108,9 +109,10 @@ def episode_steps(
         if (file_no, number) in wanted
     )
     match = steps_of_records(logged, episodes)
-    steps = np.array([-1 if s is None else s for s in match.steps], dtype=np.int64)
-    kept = rollouts.subset(steps >= 0)
-    kept.step[:] = steps[steps >= 0]
+    rollouts.step[:] = [-1 if s is None else s for s in match.steps]
+    kept = rollouts.subset(rollouts.step >= 0)
+    if not len(kept):
+        raise AnalysisInputError(f"no record of the log matches an episode in {run_dir}")
     warnings = []
     if match.unmatched:
         warnings.append(
@@ -119,8 +121,6 @@ def episode_steps(
         )
     if match.ambiguous:
         warnings.append(f"{match.ambiguous} records had identical twins at other steps")
-    if not len(kept):
-        raise AnalysisInputError(f"no record of the log matches an episode in {run_dir}")
     return kept, warnings
 
 
@@ -131,48 +131,43 @@ def has_own_steps(rollouts: Rollouts) -> bool:
 
 def truncate_to_max_steps(rollouts: Rollouts, shape: RunShape) -> tuple[Rollouts, int, str | None]:
     """The records of the first ``max_steps`` steps, the surplus count, and a sentence about it."""
-    batch_size, max_steps, source = shape.batch_size, shape.max_steps, shape.max_steps_source
-    if max_steps is None:
-        return rollouts, 0, None
-    if has_own_steps(rollouts):
-        keep = rollouts.step < max_steps
-        surplus = int(np.sum(~keep))
-        kept = rollouts.subset(keep) if surplus else rollouts
-        what = f"rows of steps >= {max_steps}"
-    else:
-        if batch_size is None:
-            return rollouts, 0, None  # attribute_steps reports the missing batch size
-        limit = max_steps * batch_size
-        surplus = max(0, len(rollouts) - limit)
-        kept = rollouts.subset(np.arange(min(limit, len(rollouts)))) if surplus else rollouts
-        what = f"records after the first {max_steps} x {batch_size} = {limit}"
+    own, batch_size, max_steps = has_own_steps(rollouts), shape.batch_size, shape.max_steps
+    if max_steps is None or not (own or batch_size):
+        return rollouts, 0, None  # attribute_steps reports the missing batch size
+    keep = (rollouts.step if own else rollouts.index // batch_size) < max_steps
+    surplus = int(np.sum(~keep))
     if not surplus:
         return rollouts, 0, None
-    note = (
-        f"{surplus} training {what} left out (max_steps={max_steps} from {source}). In a complete "
-        "run these are rollouts still in flight when the last step completed (prime-rl keeps up "
-        "to max_inflight_rollouts, = batch_size by default, in flight; those finishing during "
-        "the final eval are logged too): they belong to no trained step"
+    what = (
+        f"rows of steps >= {max_steps}"
+        if own
+        else f"records after the first {max_steps} x {batch_size} = {max_steps * batch_size}"
     )
-    if batch_size is not None and surplus > batch_size and not has_own_steps(rollouts):
+    note = (
+        f"{surplus} training {what} left out (max_steps={max_steps} from "
+        f"{shape.max_steps_source}). In a complete run these are rollouts still in flight when "
+        "the last step completed (prime-rl keeps up to max_inflight_rollouts, = batch_size by "
+        "default, in flight; those finishing during the final eval are logged too): they "
+        "belong to no trained step"
+    )
+    if not own and surplus > batch_size:
         note += f"; more than one batch ({batch_size}): check max_steps and the batch size"
-    return kept, surplus, note
+    return rollouts.subset(keep), surplus, note
 
 
 def attribute_steps(
     rollouts: Rollouts, batch_size: int | None, *, allow_partial: bool = False
 ) -> Attribution:
-    """Set ``rollouts.step`` to ``index // batch_size`` (in place), unless the format has steps."""
+    """Set ``rollouts.step`` to ``index // batch_size`` (in place), unless the records carry one."""
     if has_own_steps(rollouts):
         steps, counts = np.unique(rollouts.step, return_counts=True)
-        if batch_size is not None:
-            wrong = [int(s) for s, c in zip(steps, counts, strict=True) if c != batch_size]
-            if wrong and not allow_partial:
-                raise AnalysisInputError(
-                    f"steps {wrong} of the CSV do not hold batch_size={batch_size} rows; "
-                    "check --batch-size, or pass --allow-partial-step"
-                )
-        return Attribution("the CSV's own step column (index // batch size in the original run)")
+        wrong = [int(s) for s, c in zip(steps, counts, strict=True) if c != batch_size]
+        if batch_size is not None and wrong and not allow_partial:
+            raise AnalysisInputError(
+                f"steps {wrong} of the CSV do not hold batch_size={batch_size} rows; "
+                "check --batch-size, or pass --allow-partial-step"
+            )
+        return Attribution(OWN_STEPS)
     if batch_size is None:
         raise AnalysisInputError(
             "the batch size (rollouts per step) is unknown: pass --config or --batch-size"
@@ -204,11 +199,10 @@ def _round_starts(rollouts: Rollouts, per_question: int) -> list[int]:
         seen[q] += 1
     if len(starts) == 1 or not np.all(time > 0):
         return starts
+    ends = [*starts[1:], len(question)]
     for k in range(1, len(starts)):
-        b, following = starts[k], defaultdict(int)
-        end = starts[k + 1] if k + 1 < len(starts) else len(question)
-        for q in question[b:end].tolist():
-            following[q] += 1
+        b = starts[k]
+        following = Counter(question[b : ends[k]].tolist())
         j = b  # earliest start keeping the next round within per_question per question
         while j - 1 > starts[k - 1] and following[int(question[j - 1])] < per_question:
             j -= 1
@@ -226,20 +220,19 @@ def attribute_eval_rounds(
     Rounds by question identity when the eval's rollouts per example are known, else by
     position; a short round is a warning (an error when ``strict``), a larger one an error.
     """
-    eval_size, interval, max_steps = shape.eval_size, shape.eval_interval, shape.max_steps
-    rollouts_per_example = shape.eval_rollouts_per_example
+    interval, max_steps = shape.eval_interval, shape.max_steps
+    per_question = shape.eval_rollouts_per_example
     n = len(rollouts)
-    by_identity = bool(rollouts_per_example) and rollouts.has_identity
-    if by_identity:
-        expected = eval_size or int(np.unique(rollouts.question).size) * rollouts_per_example
-    else:
-        expected = eval_size
+    by_identity = bool(per_question) and rollouts.has_identity
+    expected = shape.eval_size
+    if by_identity and not expected:
+        expected = int(np.unique(rollouts.question).size) * per_question  # type: ignore[operator]
     if expected is None or interval is None:
         rollouts.step[:] = 0
         return Attribution("all eval records pooled as one round (no --eval-size/--eval-interval)")
     if by_identity:
-        starts = _round_starts(rollouts, rollouts_per_example)  # type: ignore[arg-type]
-        how = f"by question identity (each question at most {rollouts_per_example}x per round)"
+        starts = _round_starts(rollouts, per_question)  # type: ignore[arg-type]
+        how = f"by question identity (each question at most {per_question}x per round)"
     else:
         rounds, rest = divmod(n, expected)
         if rest:
@@ -248,27 +241,25 @@ def attribute_eval_rounds(
                 f"({rounds} rounds + {rest} records): check --eval-size (num_examples x "
                 "rollouts), or give --eval-rollouts-per-example to find rounds by question"
             )
-        starts = list(range(0, n, expected))
-        how = f"by position ({expected} records each)"
-    sizes = np.diff([*starts, n])
-    rounds = len(starts)
+        starts, how = list(range(0, n, expected)), f"by position ({expected} records each)"
+    sizes = np.diff([*starts, n]).tolist()
     online, final = eval_checkpoints(
-        interval, base_model=shape.eval_base_model, max_steps=max_steps, rounds=rounds
+        interval, base_model=shape.eval_base_model, max_steps=max_steps, rounds=len(starts)
     )
     labels = online + ([final] if final is not None else [])
-    if rounds > len(labels):
+    if len(starts) > len(labels):
         raise AnalysisInputError(
-            f"{rounds} eval rounds, but a run of max_steps={max_steps} with interval {interval} "
-            f"evaluates only {len(labels)} (checkpoints {online} and final {final}): a resumed "
-            "run that repeated rounds, or a wrong max_steps/interval"
+            f"{len(starts)} eval rounds, but a run of max_steps={max_steps} with interval "
+            f"{interval} evaluates only {len(labels)} (checkpoints {online} and final {final}): "
+            "a resumed run that repeated rounds, or a wrong max_steps/interval"
         )
-    labels = labels[:rounds]
-    final_step = final if final is not None and rounds == len(online) + 1 else None
+    labels = labels[: len(starts)]
+    final_step = final if len(starts) > len(online) else None
     names = {c: ("base model (checkpoint 0)" if c == 0 else f"checkpoint {c}") for c in labels}
     if final_step is not None:
         names[final_step] = f"final (checkpoint {final_step})"
     warnings = []
-    for label, size in zip(labels, sizes.tolist(), strict=True):
+    for label, size in zip(labels, sizes, strict=True):
         if size > expected:
             raise AnalysisInputError(
                 f"eval round {names[label]} holds {size} records, more than the {expected} "
@@ -281,9 +272,9 @@ def attribute_eval_rounds(
             )
     if warnings and strict:
         raise AnalysisInputError("; ".join(warnings) + " (--strict-eval)")
-    rollouts.step[:] = np.repeat(np.asarray(labels, dtype=np.int64), sizes)
+    rollouts.step[:] = np.repeat(labels, sizes)
     method = f"eval rounds {how}, labelled by the checkpoint they evaluate: " + ", ".join(
-        f"{names[c]} n={size}" for c, size in zip(labels, sizes.tolist(), strict=True)
+        f"{names[c]} n={size}" for c, size in zip(labels, sizes, strict=True)
     )
     if max_steps is None:
         method += " (without max_steps the final eval round cannot be told apart)"
@@ -301,19 +292,15 @@ def _log_text(source: Path) -> str:
 
 def read_orchestrator_rewards(path: str | os.PathLike[str]) -> dict[int, float]:
     """Per-step mean reward from prime-rl's orchestrator stdout or the reference run's TSV."""
-    source = Path(path)
-    text = _log_text(source)
-    first = text.split("\n", 1)[0]
-    rewards: dict[int, float] = {}
-    if "\t" in first and {"step", "reward"} <= set(first.strip().split("\t")):
-        for row in csv.DictReader(text.splitlines(), delimiter="\t"):
-            rewards[int(row["step"])] = float(row["reward"])
-    else:
-        for match in _STEP_LINE.finditer(text):
-            rewards[int(match.group(1))] = float(match.group(2))  # a resumed run repeats: last wins
+    text = _log_text(Path(path))
+    if {"step", "reward"} <= set(text.split("\n", 1)[0].strip().split("\t")):
+        rows = csv.DictReader(text.splitlines(), delimiter="\t")
+        rewards = {int(row["step"]): float(row["reward"]) for row in rows}
+    else:  # a resumed run repeats a step: the last line wins
+        rewards = {int(m.group(1)): float(m.group(2)) for m in _STEP_LINE.finditer(text)}
     if not rewards:
         raise AnalysisInputError(
-            f"{source}: no per-step rewards found (expected prime-rl's 'SUCCESS Step N | ... | "
+            f"{path}: no per-step rewards found (expected prime-rl's 'SUCCESS Step N | ... | "
             "Reward: x |' lines, or a TSV with 'step' and 'reward' columns)"
         )
     return rewards
@@ -321,16 +308,15 @@ def read_orchestrator_rewards(path: str | os.PathLike[str]) -> dict[int, float]:
 
 def read_orchestrator_eval_rewards(path: str | os.PathLike[str]) -> list[float]:
     """Mean reward of each eval round, in order, from prime-rl's ``Evaluated ...`` lines."""
-    source = Path(path)
-    found = [(m.group(1), float(m.group(2))) for m in _EVAL_LINE.finditer(_log_text(source))]
+    found = [(m.group(1), float(m.group(2))) for m in _EVAL_LINE.finditer(_log_text(Path(path)))]
     names = sorted({name for name, _ in found})
     if len(names) > 1:
         raise AnalysisInputError(
-            f"{source}: eval lines of several environments {names}: cannot match them to one log"
+            f"{path}: eval lines of several environments {names}: cannot match them to one log"
         )
     if not found:
         raise AnalysisInputError(
-            f"{source}: no eval results found (expected prime-rl's 'Evaluated NAME in Xs "
+            f"{path}: no eval results found (expected prime-rl's 'Evaluated NAME in Xs "
             "(Avg@k=x, ...' lines); the eval split is cross-checked against those, not against "
             "training-step rewards"
         )
@@ -347,19 +333,24 @@ def attribute(
     episodes: str | None = None,
     files: Sequence[str] = (),
 ) -> tuple[Rollouts, Attribution]:
-    """Steps (train) or eval rounds (eval) for every rollout: the one path both CLIs take."""
+    """Steps (train) or eval rounds (eval) for every rollout: the one path of both CLIs and
+    ``--compare``. Eval rounds are the records' own steps when they carry them, else prime-rl's
+    eval cadence; ``round_names`` names every round ({} when pooled: no round structure)."""
+    warnings: list[str] = []
     if episodes is not None:
         rollouts, warnings = episode_steps(rollouts, files, episodes)
-        if split == "eval":
-            names = {int(s): f"eval at step {int(s)}" for s in np.unique(rollouts.step)}
-            return rollouts, Attribution(EXACT, round_names=names, warnings=warnings)
-        kept, surplus, note = truncate_to_max_steps(rollouts, shape)
-        return kept, Attribution(EXACT, surplus=surplus, surplus_note=note, warnings=warnings)
-    if split == "eval" and not has_own_steps(rollouts):
+    elif split == "eval" and not has_own_steps(rollouts):
         return rollouts, attribute_eval_rounds(rollouts, shape, strict=strict_eval)
-    kept, surplus, note = truncate_to_max_steps(rollouts, shape)
-    attribution = attribute_steps(kept, shape.batch_size, allow_partial=allow_partial)
-    return kept, replace(attribution, surplus=surplus, surplus_note=note)
+    if split == "eval":  # a round is the step it ran at
+        method, name = (OWN_STEPS, "step {}") if episodes is None else (EXACT, "eval at step {}")
+        names = {int(s): name.format(s) for s in np.unique(rollouts.step)}
+        return rollouts, Attribution(method, round_names=names, warnings=warnings)
+    rollouts, surplus, note = truncate_to_max_steps(rollouts, shape)
+    if episodes is None:
+        attribution = attribute_steps(rollouts, shape.batch_size, allow_partial=allow_partial)
+    else:  # exact steps: no batch to check
+        attribution = Attribution(EXACT, warnings=warnings)
+    return rollouts, replace(attribution, surplus=surplus, surplus_note=note)
 
 
 def group_purity(rollouts: Rollouts, rollouts_per_example: int | None) -> tuple[int, int] | None:
