@@ -1,8 +1,6 @@
-"""prime-rl 6cae5cca's orchestrator, as far as it drives an environment, on a run config.
-
-Each piece names the function of ``src/prime_rl/orchestrator/`` it follows. Not here: the
-trainer, weight updates, buffers' difficulty filters, monitors (the "trained" policy is the same
-model).
+"""prime-rl 6cae5cca's orchestrator as far as it drives an environment, each piece naming the
+function of ``src/prime_rl/orchestrator/`` it follows. Not here: the trainer, weight updates,
+buffers' difficulty filters, monitors (the "trained" policy is the same model).
 """
 
 from __future__ import annotations
@@ -11,7 +9,7 @@ import asyncio
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import verifiers as vf
 
@@ -76,7 +74,7 @@ async def start_env_server(
 class Scheduler:
     """``scheduler.Scheduler`` without policy updates: up to ``max_inflight`` rollouts in flight,
     each its own ``run_rollout`` task, slots refilled as rollouts finish (also after the batch is
-    full, ``generate_batch``'s last ``_fill_inflight_requests``), in-flight ones cancelled by
+    full: ``generate_batch``'s last ``_fill_inflight_requests``), in-flight ones cancelled by
     ``stop``. Examples are drawn at random with replacement (``buffer.Buffer.sample_examples``)."""
 
     env: vf.Environment
@@ -89,19 +87,18 @@ class Scheduler:
     max_inflight: int
     rng: random.Random = field(default_factory=lambda: random.Random(0))
     inflight: dict[asyncio.Task, int] = field(default_factory=dict)  # task -> its group
-    groups: dict[int, tuple[dict, list[dict]]] = field(default_factory=dict)  # example, done
-    to_schedule: list[int] = field(default_factory=list)  # group ids, one per rollout
+    groups: dict[int, tuple[dict, list[dict]]] = field(default_factory=dict)  # example, finished
+    to_schedule: list[int] = field(default_factory=list)  # the open group's id, once per rollout
     started: int = 0
     cancelled: int = 0
 
     def _fill(self) -> None:
-        """``_fill_inflight_requests`` -> ``schedule_rollout``: the open group's rollouts first,
-        then a new example's; each a ``vf_utils.run_rollout`` on the env group."""
+        """``_fill_inflight_requests`` -> ``schedule_rollout`` -> ``vf_utils.run_rollout``: the
+        open group's rollouts first, then a new example's."""
         while len(self.inflight) < self.max_inflight:
             if not self.to_schedule:
-                group_id = self.started  # unique: a new group starts with a new rollout
-                self.groups[group_id] = (self.rng.choice(self.examples), [])
-                self.to_schedule = [group_id] * self.rollouts_per_example
+                self.groups[self.started] = (self.rng.choice(self.examples), [])
+                self.to_schedule = [self.started] * self.rollouts_per_example
             group_id = self.to_schedule.pop()
             task = asyncio.create_task(self.env.run_rollout(
                 vf.RolloutInput(**self.groups[group_id][0]), client=self.client,
@@ -119,23 +116,22 @@ class Scheduler:
             done, _ = await asyncio.wait(list(self.inflight), return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 if len(batch) >= self.batch_size:
-                    break  # stays in flight, done: the next batch takes it
+                    break  # stays in flight, finished: the next batch takes it
                 group_id = self.inflight.pop(task)
                 rollout = task.result()
                 if rollout["error"] is not None or not rollout["trajectory"]:
                     # prime-rl re-schedules it; here an error is a finding, not something to retry
                     raise RuntimeError(f"a rollout failed: {rollout['error']}")
-                completed = self.groups[group_id][1]
-                completed.append(rollout)
-                if len(completed) == self.rollouts_per_example:
-                    batch.extend(completed)
-                    del self.groups[group_id]
+                finished = self.groups[group_id][1]
+                finished.append(rollout)
+                if len(finished) == self.rollouts_per_example:
+                    batch += self.groups.pop(group_id)[1]
         self._fill()
         return batch[: self.batch_size]
 
     async def stop(self) -> None:
-        """``stop`` -> ``cancel_inflight_rollouts``: cancel every in-flight rollout. Counted here:
-        the ones still running (prime-rl's count also takes in finished, unconsumed ones)."""
+        """``stop`` -> ``cancel_inflight_rollouts``. Counted: the ones still running (prime-rl's
+        count also takes in finished, unconsumed ones)."""
         running = [task for task in self.inflight if not task.done()]
         for task in running:
             task.cancel()
@@ -151,18 +147,16 @@ async def evaluate(
     num_examples: int, rollouts_per_example: int,
 ) -> list[dict]:  # fmt: skip
     """``eval_utils.evaluate_env`` -> ``vf_utils.evaluate``: ``run_group`` per repeated input."""
-    inputs = env._get_eval_inputs(num_examples, rollouts_per_example)
     groups = await asyncio.gather(*(
         env.run_group([vf.RolloutInput(**example)], client=client, model=model,
                       sampling_args=sampling_args, max_retries=0,
                       state_columns=REQUIRED_STATE_COLUMNS)
-        for example in inputs
+        for example in env._get_eval_inputs(num_examples, rollouts_per_example)
     ))  # fmt: skip
     return [rollout for group in groups for rollout in group]
 
 
-@dataclass
-class RunResult:
+class RunResult(NamedTuple):
     """What the orchestrator saw, to compare with the logs and the server's request log."""
 
     train_batches: list[list[dict]]
@@ -180,15 +174,13 @@ async def orchestrate(config: RunConfig, base_url: str, model: str, log_root: st
                              api_key_var="DRYRUN_NO_KEY", timeout=600.0, max_retries=0)  # fmt: skip
     group = vf.EnvGroup(envs=[vf.load_environment(entry.id, **entry.args)], env_names=[entry.id])
     eval_env = vf.load_environment(eval_entry.id, **eval_entry.args)
-    # configs/orchestrator.py resolve_extra_env_kwargs: training envs only; score_rollouts follows
-    # verification.enabled (default true).
-    train_kwargs = {"max_seq_len": config.seq_len, "score_rollouts": True}
-    envs = (group.envs[0], eval_env)
     try:
+        # configs/orchestrator.py resolve_extra_env_kwargs: for training envs only; score_rollouts
+        # follows verification.enabled (default true).
         await asyncio.gather(
-            start_env_server(envs[0], train_kwargs, config.env_workers,
-                             f"{log_root}/envs/train/{entry.id}"),
-            start_env_server(envs[1], {}, config.eval_env_workers,
+            start_env_server(group.envs[0], {"max_seq_len": config.seq_len, "score_rollouts": True},
+                             config.env_workers, f"{log_root}/envs/train/{entry.id}"),
+            start_env_server(eval_env, {}, config.eval_env_workers,
                              f"{log_root}/envs/eval/{eval_entry.id}"),
         )  # fmt: skip
         train_args = train_sampling_args(config, config.temperature)
@@ -212,5 +204,5 @@ async def orchestrate(config: RunConfig, base_url: str, model: str, log_root: st
         return RunResult(batches, eval_rounds, scheduler.started, scheduler.cancelled,
                          time.perf_counter() - start)  # fmt: skip
     finally:
-        for env in envs:
+        for env in (group.envs[0], eval_env):
             await env.stop_server()

@@ -2,13 +2,13 @@
 
 ``transformers serve`` refuses the vLLM-only fields prime-rl sends (``return_token_ids``, ``top_k``,
 ``min_p``: HTTP 422) and returns no token ids, so verifiers' token client cannot run against it.
-This server generates with ``transformers`` and answers ``POST /v1/chat/completions`` as vLLM 0.17
-does when asked: ``prompt_token_ids``, ``choices[0].token_ids`` (the stop token included, as vLLM
-counts it) and ``logprobs.content`` (raw model log-probabilities: vLLM's default). What vLLM
-refuses (an unknown field, a system message under Gemma 2's template) gets 400. Requests with equal
-settings are generated as one left-padded batch, so concurrent rollouts cost about what one does.
+This one answers ``POST /v1/chat/completions`` as vLLM 0.17 does when asked: ``prompt_token_ids``,
+``choices[0].token_ids`` (the stop token included, as vLLM counts it) and ``logprobs.content`` (raw
+model log-probabilities, vLLM's default). What vLLM refuses gets 400: an unknown field, a system
+message (Gemma 2's template). Requests with equal settings are generated as one left-padded batch,
+so concurrent rollouts cost about what one does.
 
-    python -m dryrun.server MODEL_DIR PORT REQUEST_LOG
+    python -m dryrun.server MODEL_DIR REQUEST_LOG
 """
 
 from __future__ import annotations
@@ -18,37 +18,33 @@ import ctypes
 import json
 import os
 import queue
+import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import Future
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-HOST = "127.0.0.1"
 CHAT = "/v1/chat/completions"
 # What prime-rl 6cae5cca sends (orchestrator/utils.get_sampling_args, eval_utils.
 # get_eval_sampling_args, verifiers' token client) plus the rest of vLLM's common sampling fields.
 SAMPLING_FIELDS = {"max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k", "min_p",
                    "seed", "logprobs", "return_token_ids", "min_tokens", "repetition_penalty", "n",
                    "stream"}  # fmt: skip
+MAX_BATCH = 16
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
-class BadRequest(ValueError):
-    """A request vLLM would refuse too (400)."""
-
-
 class Generator:
-    """The model behind a queue; one thread generates one batch of equal settings at a time."""
+    """The model behind a queue; one thread generates one batch of equal settings at a time.
+    A ``ValueError`` is a request vLLM would refuse too (400)."""
 
-    def __init__(self, model_dir: str, max_batch: int = 16) -> None:
+    def __init__(self, model_dir: str) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -56,7 +52,6 @@ class Generator:
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
         self.stop_ids = set(self.model.generation_config.eos_token_id)  # <eos>, <end_of_turn>
-        self.max_batch = max_batch
         self.jobs: queue.Queue[tuple[Any, dict, list[int], Future]] = queue.Queue()
         threading.Thread(target=self._loop, daemon=True).start()
 
@@ -69,22 +64,18 @@ class Generator:
                 body["messages"], tokenize=False, add_generation_prompt=True
             )
         except (TemplateError, KeyError, TypeError) as exc:
-            raise BadRequest(f"chat template: {exc}") from exc
+            raise ValueError(f"chat template: {exc}") from exc
         prompt = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        temperature = float(body.get("temperature", 1.0))
+        t = float(body.get("temperature", 1.0))
         limit = body.get("max_completion_tokens") or body.get("max_tokens") or 16
-        settings = {  # vLLM's fields as transformers' generate() takes them
-            "do_sample": temperature > 0,
-            "temperature": temperature if temperature > 0 else None,
-            "top_k": max(int(body.get("top_k") or 0), 0),  # vLLM: -1 = off; transformers: 0
-            "top_p": float(body.get("top_p") or 1.0),
-            "min_p": body.get("min_p") or None,
-            "max_new_tokens": int(limit),
-            # At least one token: verifiers rejects an empty answer (EmptyModelResponseError).
-            "min_new_tokens": max(1, int(body.get("min_tokens") or 0)),
-            "repetition_penalty": float(body.get("repetition_penalty") or 1.0),
-            "seed": body.get("seed"),
-        }
+        # vLLM's fields as generate() takes them (top_k: vLLM -1 = off, transformers 0); at least
+        # one token, as verifiers rejects an empty answer (EmptyModelResponseError).
+        settings = dict(do_sample=t > 0, temperature=t if t > 0 else None,
+                        top_k=max(int(body.get("top_k") or 0), 0), max_new_tokens=int(limit),
+                        top_p=float(body.get("top_p") or 1.0), min_p=body.get("min_p") or None,
+                        min_new_tokens=max(1, int(body.get("min_tokens") or 0)),
+                        repetition_penalty=float(body.get("repetition_penalty") or 1.0),
+                        seed=body.get("seed"))  # fmt: skip
         future: Future = Future()
         # A seeded request is reproducible only alone: its key matches no other.
         key = json.dumps(settings) if settings["seed"] is None else object()
@@ -112,7 +103,7 @@ class Generator:
     def _loop(self) -> None:
         while True:
             jobs = [self.jobs.get()]
-            while len(jobs) < self.max_batch and not self.jobs.empty():
+            while len(jobs) < MAX_BATCH and not self.jobs.empty():
                 jobs.append(self.jobs.get_nowait())
             groups: dict[Any, list] = {}
             for job in jobs:
@@ -134,8 +125,7 @@ class Generator:
         settings = dict(settings)
         if (seed := settings.pop("seed")) is not None:
             torch.manual_seed(seed)
-        width = max(map(len, prompts))
-        pad = self.tokenizer.pad_token_id
+        width, pad = max(map(len, prompts)), self.tokenizer.pad_token_id
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
         with torch.no_grad():
@@ -153,8 +143,8 @@ class Generator:
         return results
 
 
-def serve(model_dir: str, port: int, requests_log: str) -> None:
-    """Serve until killed; one JSON line per request in ``requests_log``: path, status, the
+def serve(model_dir: str, requests_log: str) -> None:
+    """Serve on a free port until killed, logging one JSON line per request: path, status, the
     sampling fields received, the roles, and for an answer its usage, finish reason and text."""
     generator = Generator(model_dir)
     lock = threading.Lock()
@@ -164,9 +154,6 @@ def serve(model_dir: str, port: int, requests_log: str) -> None:
 
         def log_message(self, format: str, *args: Any) -> None:
             return None
-
-        def do_GET(self) -> None:  # the readiness probe of ``running``
-            self._send(200 if self.path == "/health" else 404, {})
 
         def do_POST(self) -> None:
             raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
@@ -178,31 +165,28 @@ def serve(model_dir: str, port: int, requests_log: str) -> None:
                 entry["sampling"] = {k: v for k, v in body.items() if k in SAMPLING_FIELDS}
                 entry["roles"] = [m.get("role") for m in body.get("messages", [])]
                 if unknown := sorted(set(body) - SAMPLING_FIELDS - {"model", "messages"}):
-                    raise BadRequest(f"unsupported fields: {unknown}")
+                    raise ValueError(f"unsupported fields: {unknown}")
                 if body.get("stream") or (body.get("n") or 1) != 1:
-                    raise BadRequest("only n = 1 without streaming is served")
+                    raise ValueError("only n = 1 without streaming is served")
                 status, answer = 200, generator.submit(body)
                 choice = answer["choices"][0]
                 entry |= {"usage": answer["usage"], "finish_reason": choice["finish_reason"],
                           "content": choice["message"]["content"]}  # fmt: skip
-            except Exception as exc:  # no route, what vLLM refuses (bad JSON too), a failure
+            except Exception as exc:  # no route; what vLLM refuses (bad JSON too); a failure
                 status = 404 if self.path != CHAT else 400 if isinstance(exc, ValueError) else 500
                 answer = {"error": {"message": str(exc) if status < 500 else repr(exc)}}
             with lock, open(requests_log, "a", encoding="utf-8") as f:
                 f.write(json.dumps({**entry, "status": status}) + "\n")
-            self._send(status, answer)
-
-        def _send(self, status: int, payload: dict[str, Any]) -> None:
-            data = json.dumps(payload).encode()
+            data = json.dumps(answer).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
 
-    httpd = ThreadingHTTPServer((HOST, port), Handler)
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)  # listening from here on
     httpd.daemon_threads = True
-    print(f"serving {model_dir} on http://{HOST}:{port}", flush=True)
+    print(f"serving on http://127.0.0.1:{httpd.server_port} ({model_dir})", flush=True)
     httpd.serve_forever()
 
 
@@ -214,33 +198,26 @@ def running(model_dir: Path, requests_log: Path, log: Path, timeout: float = 120
     and ``prctl(PR_SET_PDEATHSIG, SIGKILL)`` set in the child before it execs: the kernel kills it
     when the dry run dies, however it dies (SIGKILL included).
     """
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        port = sock.getsockname()[1]
-    command = [sys.executable, "-m", "dryrun.server", str(model_dir), str(port), str(requests_log)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     with log.open("wb") as out:
         process = subprocess.Popen(
-            command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            [sys.executable, "-m", "dryrun.server", str(model_dir), str(requests_log)],
+            stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
             cwd=Path(__file__).resolve().parent.parent,
             preexec_fn=lambda: ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL),
         )  # fmt: skip
-    url = f"http://{HOST}:{port}"
     try:
         deadline = time.monotonic() + timeout
-        while True:
+        while not (ready := re.search(r"^serving on (\S+)", log.read_text(errors="replace"), re.M)):
             if process.poll() is not None or time.monotonic() > deadline:
                 tail = log.read_text(errors="replace")[-2000:]
                 raise RuntimeError(f"model server not ready (exit {process.returncode}): {tail}")
-            with contextlib.suppress(OSError):
-                urllib.request.urlopen(f"{url}/health", timeout=2).close()
-                break
             time.sleep(0.2)
-        yield url
+        yield ready[1]
     finally:
         process.kill()  # no state to save: SIGTERM would end it as abruptly
         process.wait()
 
 
 if __name__ == "__main__":
-    serve(sys.argv[1], int(sys.argv[2]), sys.argv[3])
+    serve(sys.argv[1], sys.argv[2])
