@@ -60,11 +60,10 @@ def sent_fields(sampling_args: dict) -> dict:
 async def start_env_server(
     env: vf.Environment, extra_env_kwargs: dict, num_workers: int, log_dir: str
 ) -> None:
-    """``vf_utils.spawn_env_server`` + ``setup_env_client`` (health checks every 5 s) +
-    ``wait_for_env_servers``, through verifiers' ``Environment.start_server``: the same
-    ``ZMQEnvServer.run_server`` process, plus a death pipe whose closing stops the router and its
-    workers when this process dies, even by SIGKILL. ``env.stop_server()`` is orchestrator.py's
-    ``_cleanup_env_processes``: terminate, wait, kill."""
+    """``vf_utils.spawn_env_server`` + ``setup_env_client`` + ``wait_for_env_servers`` through
+    verifiers' ``Environment.start_server``: the same process, plus a death pipe that stops it and
+    its workers when this process dies, even by SIGKILL. ``env.stop_server()`` then does what
+    orchestrator.py's ``_cleanup_env_processes`` does: terminate, wait, kill."""
     await env.start_server(extra_env_kwargs=extra_env_kwargs, num_workers=num_workers,
                            log_dir=log_dir, console_logging=False,
                            health_check_interval=5.0)  # fmt: skip

@@ -1,14 +1,10 @@
-"""The dry run's model server: the part of vLLM's OpenAI API that prime-rl uses, on a CPU.
+"""The part of vLLM's OpenAI API that prime-rl uses, served on a CPU by ``transformers``.
 
-``transformers serve`` refuses the vLLM-only fields prime-rl sends (``return_token_ids``, ``top_k``,
-``min_p``: HTTP 422) and returns no token ids, so verifiers' token client cannot run against it.
+``transformers serve`` answers prime-rl's vLLM-only fields (``return_token_ids``, ``top_k``,
+``min_p``) with 422 and returns no token ids, so verifiers' token client cannot run against it.
 This one answers ``POST /v1/chat/completions`` as vLLM 0.17 does when asked: ``prompt_token_ids``,
-``choices[0].token_ids`` (the stop token included, as vLLM counts it) and ``logprobs.content`` (raw
-model log-probabilities, vLLM's default). What vLLM refuses gets 400: an unknown field, a system
-message (Gemma 2's template). Requests with equal settings are generated as one left-padded batch,
-so concurrent rollouts cost about what one does.
-
-    python -m dryrun.server MODEL_DIR REQUEST_LOG
+``choices[0].token_ids`` (the stop token included) and raw ``logprobs.content``; what vLLM refuses
+gets 400. Equal settings are generated as one batch: concurrent rollouts cost about one.
 """
 
 from __future__ import annotations
@@ -41,8 +37,7 @@ PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 class Generator:
-    """The model behind a queue; one thread generates one batch of equal settings at a time.
-    A ``ValueError`` is a request vLLM would refuse too (400)."""
+    """The model behind a queue that one thread drains. ``ValueError``: what vLLM refuses too."""
 
     def __init__(self, model_dir: str) -> None:
         import torch
@@ -192,12 +187,9 @@ def serve(model_dir: str, requests_log: str) -> None:
 
 @contextlib.contextmanager
 def running(model_dir: Path, requests_log: Path, log: Path, timeout: float = 120) -> Iterator[str]:
-    """This server in a child process for as long as the block lasts; yields its base URL.
-
-    Its own session (a Ctrl-C in the terminal reaches only the dry run, which stops it in order),
-    and ``prctl(PR_SET_PDEATHSIG, SIGKILL)`` set in the child before it execs: the kernel kills it
-    when the dry run dies, however it dies (SIGKILL included).
-    """
+    """This server in a child process while the block lasts; yields its base URL. Its own session
+    (a Ctrl-C reaches only the dry run, which stops it in order), and ``PR_SET_PDEATHSIG``: the
+    kernel kills it when the dry run dies, however it dies (SIGKILL included)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     with log.open("wb") as out:
         process = subprocess.Popen(
