@@ -50,6 +50,7 @@ def check(config: RunConfig, result: RunResult, out: Path) -> tuple[list[str], d
         for r in requests
     )  # fmt: skip
     trained = config.batch_size * config.max_steps
+    writers = {split: len({r["pid"] for r in records}) for split, records in logs.items()}
     evaluated = sum(map(len, result.eval_rounds))
     figures = {
         "train_records": len(logs["train"]),
@@ -58,8 +59,8 @@ def check(config: RunConfig, result: RunResult, out: Path) -> tuple[list[str], d
         "rollouts_started": result.started,
         "rollouts_cancelled_at_stop": result.cancelled,
         "eval_records": len(logs["eval"]),
-        "train_writer_pids": len({r["pid"] for r in logs["train"]}),
-        "eval_writer_pids": len({r["pid"] for r in logs["eval"]}),
+        "train_writer_pids": writers["train"],
+        "eval_writer_pids": writers["eval"],
         "env_workers": {"train": config.env_workers, "eval": config.eval_env_workers},
         "requests": dict(shapes),
         "request_statuses": dict(Counter(r["status"] for r in requests)),
@@ -77,7 +78,7 @@ def check(config: RunConfig, result: RunResult, out: Path) -> tuple[list[str], d
     if shapes["train"] < len(logs["train"]) or not shapes["eval"] == evaluated == len(logs["eval"]):
         problems.append(f"requests {dict(shapes)} vs records {len(logs['train'])}/{evaluated}")
     for split, records in logs.items():
-        if len({r["pid"] for r in records}) < 2:
+        if writers[split] < 2:
             problems.append(f"{split} records written by fewer than 2 env-server workers")
         if any(r["length_unit"] != unit for r in records):
             problems.append(f"{split} records not in the config's length unit {unit!r}")

@@ -52,15 +52,11 @@ class Generator:
 
     def submit(self, body: dict[str, Any]) -> dict[str, Any]:
         """The vLLM-shaped answer to a chat request (token ids and logprobs only when asked)."""
-        from jinja2.exceptions import TemplateError
-
         try:
-            text = self.tokenizer.apply_chat_template(
-                body["messages"], tokenize=False, add_generation_prompt=True
-            )
-        except (TemplateError, KeyError, TypeError) as exc:
+            chat = self.tokenizer.apply_chat_template(body["messages"], add_generation_prompt=True)
+        except Exception as exc:  # e.g. a system message: Gemma 2's template raises
             raise ValueError(f"chat template: {exc}") from exc
-        prompt = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        prompt = chat["input_ids"]
         t = float(body.get("temperature", 1.0))
         limit = body.get("max_completion_tokens") or body.get("max_tokens") or 16
         # vLLM's fields as generate() takes them (top_k: vLLM -1 = off, transformers 0); at least
@@ -132,7 +128,7 @@ class Generator:
         results = []
         for row, tokens in enumerate(sampled.tolist()):
             end = next((i + 1 for i, t in enumerate(tokens) if t in self.stop_ids), None)
-            tokens = tokens[:end] if end else tokens
+            tokens = tokens[:end]
             values = logprobs[row, torch.arange(len(tokens)), sampled[row, : len(tokens)]]
             results.append((tokens, values.tolist(), end is not None))
         return results
@@ -146,9 +142,6 @@ def serve(model_dir: str, requests_log: str) -> None:
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, as httpx expects
-
-        def log_message(self, format: str, *args: Any) -> None:
-            return None
 
         def do_POST(self) -> None:
             raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
@@ -180,7 +173,6 @@ def serve(model_dir: str, requests_log: str) -> None:
             self.wfile.write(data)
 
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)  # listening from here on
-    httpd.daemon_threads = True
     print(f"serving on http://127.0.0.1:{httpd.server_port} ({model_dir})", flush=True)
     httpd.serve_forever()
 
