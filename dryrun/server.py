@@ -192,7 +192,7 @@ def running(model_dir: Path, requests_log: Path, log: Path, timeout: float = 120
         )  # fmt: skip
     try:
         deadline = time.monotonic() + timeout
-        while not (ready := re.search(r"^serving on (\S+)", log.read_text(errors="replace"), re.M)):
+        while not (ready := re.search(r"serving on (\S+)", log.read_text(errors="replace"))):
             if process.poll() is not None or time.monotonic() > deadline:
                 tail = log.read_text(errors="replace")[-2000:]
                 raise RuntimeError(f"model server not ready (exit {process.returncode}): {tail}")
