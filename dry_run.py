@@ -1,15 +1,9 @@
 #!/usr/bin/env python
-"""The whole pipeline on a CPU, driven as prime-rl 6cae5cca drives it: see docs/dry_run.md.
-
-    uv run --all-extras python dry_run.py [--config configs/dry_run.toml] [--out results/dry-run]
-
-(1) build (once; cached) a tiny random Gemma 2; (2) serve it with ``dryrun.server``, which speaks
-the part of vLLM's API prime-rl uses; (3) run the config's steps and eval rounds through verifiers'
-env servers with prime-rl's token client, sampling args and scheduling (``dryrun.orchestrator``),
-the generation log directory inherited through ``CALIBRATED_QA_LOG_DIR`` as run_training.sh sets
-it; (4) check the logs against what the server received; (5) analyse both logs and compare the
-base and "trained" eval rounds, in this process. Each run writes a new folder under ``--out``.
-Exit code 0 only if every check held; no process outlives the command.
+"""The whole pipeline on a CPU, driven as prime-rl 6cae5cca drives it (docs/dry_run.md): a tiny
+Gemma 2 served as vLLM serves (``dryrun.server``), prime-rl's steps and eval rounds through
+verifiers' env servers (``dryrun.orchestrator``), the logs checked against what the server received,
+then analysed in this process. Each run writes a new folder under ``--out``; exit code 0 only if
+every check held.
 """
 
 from __future__ import annotations
@@ -24,6 +18,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from calibrated_qa.analysis.cli import main as analysis
 from calibrated_qa.records import LOG_DIR_ENV_VAR, LOG_FILE_NAMES, validate_record
 from calibrated_qa.run_config import RunConfig, RunConfigError, read_run_config
 from dryrun.build import build_model
@@ -35,13 +30,9 @@ REPO = Path(__file__).resolve().parent
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    """Every whole line of ``path``. An unterminated last line is what a writer stopped mid-write
-    leaves (env workers are stopped with rollouts still in flight, as prime-rl stops them; the
-    next append would close it: calibrated_qa/records.py); it is left out, as the analysis does."""
-    if not path.exists():
-        return []
-    text = path.read_text(encoding="utf-8")
-    lines = text.split("\n")[:-1]  # the last piece is "" or the torn line
+    """Every whole line of ``path``: an unterminated last line is what a worker stopped mid-write
+    leaves (prime-rl stops them with rollouts in flight); it is left out, as the analysis does."""
+    lines = path.read_text(encoding="utf-8").split("\n")[:-1] if path.exists() else []
     return [json.loads(line) for line in lines if line]
 
 
@@ -59,6 +50,7 @@ def check(config: RunConfig, result: RunResult, out: Path) -> tuple[list[str], d
         for r in requests
     )  # fmt: skip
     trained = config.batch_size * config.max_steps
+    writers = {split: len({r["pid"] for r in records}) for split, records in logs.items()}
     evaluated = sum(map(len, result.eval_rounds))
     figures = {
         "train_records": len(logs["train"]),
@@ -67,8 +59,8 @@ def check(config: RunConfig, result: RunResult, out: Path) -> tuple[list[str], d
         "rollouts_started": result.started,
         "rollouts_cancelled_at_stop": result.cancelled,
         "eval_records": len(logs["eval"]),
-        "train_writer_pids": len({r["pid"] for r in logs["train"]}),
-        "eval_writer_pids": len({r["pid"] for r in logs["eval"]}),
+        "train_writer_pids": writers["train"],
+        "eval_writer_pids": writers["eval"],
         "env_workers": {"train": config.env_workers, "eval": config.eval_env_workers},
         "requests": dict(shapes),
         "request_statuses": dict(Counter(r["status"] for r in requests)),
@@ -86,40 +78,35 @@ def check(config: RunConfig, result: RunResult, out: Path) -> tuple[list[str], d
     if shapes["train"] < len(logs["train"]) or not shapes["eval"] == evaluated == len(logs["eval"]):
         problems.append(f"requests {dict(shapes)} vs records {len(logs['train'])}/{evaluated}")
     for split, records in logs.items():
-        if len({r["pid"] for r in records}) < 2:
+        if writers[split] < 2:
             problems.append(f"{split} records written by fewer than 2 env-server workers")
         if any(r["length_unit"] != unit for r in records):
             problems.append(f"{split} records not in the config's length unit {unit!r}")
-    answered = [r for r in requests if "usage" in r]
-    usage = Counter((r["content"], r["usage"]["completion_tokens"]) for r in answered)
+    answered = Counter((r["content"], r["usage"]["completion_tokens"])
+                       for r in requests if "usage" in r)  # fmt: skip
     records = logs["train"] + logs["eval"]
-    if unmatched := Counter((r["completion"], r["completion_tokens"]) for r in records) - usage:
+    if unmatched := Counter((r["completion"], r["completion_tokens"]) for r in records) - answered:
         problems.append(f"{unmatched.total()} records disagree with the server's usage")
     return problems, figures
 
 
 def analyse(config_path: Path, out: Path) -> None:
-    """The analysis CLI in this process (its flags only): training log, eval log, base vs
-    trained. The entry is ``calibrated_qa.analysis.cli.main`` where the analysis defines it there,
-    else the ``main`` that ``analyze_calibration.py`` runs."""
-    from calibrated_qa.analysis import cli
-
-    analysis = getattr(cli, "main", None) or __import__("analyze_calibration").main
+    """The analysis' command line in this process: each log, then base vs trained."""
     train, evals = str(out / LOG_FILE_NAMES["train"]), str(out / LOG_FILE_NAMES["eval"])
-    common = ["--config", str(config_path)]
     for argv in (
         ["--generations", train, "--out", str(out / "analysis" / "train")],
         ["--generations", evals, "--split", "eval", "--out", str(out / "analysis" / "eval")],
         ["--split", "eval", "--compare", f"base={evals}@0", f"trained={evals}@final",
          "--out", str(out / "analysis" / "compare")],
     ):  # fmt: skip
-        print("$ python analyze_calibration.py " + " ".join(argv + common), flush=True)
-        if (code := analysis(argv + common)) != 0:
+        argv += ["--config", str(config_path)]
+        print("$ python analyze_calibration.py " + " ".join(argv), flush=True)
+        if (code := analysis(argv)) != 0:
             raise RuntimeError(f"the analysis exited with {code}")
 
 
 def read_config(path: Path) -> RunConfig:
-    """The run config, with what the dry run needs of it (a clear error naming the file)."""
+    """The run config, refused with its name unless it holds what the dry run needs."""
     config = read_run_config(path)
     needed = ("max_steps", "seq_len", "batch_size", "rollouts_per_example", "max_tokens")
     if missing := [key for key in needed if getattr(config, key) is None]:

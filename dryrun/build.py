@@ -1,16 +1,11 @@
-"""Build, once, a tiny random Gemma 2 and a tokenizer trained on the shipped BoolQ rows.
-
-Why a random model rather than a small real one: nothing can be downloaded here (and CI should not
-depend on the Hugging Face hub), yet the dry run must exercise what a scripted client cannot:
-Gemma 2's architecture as ``transformers`` loads it, Gemma 2's chat template (which refuses a
-``system`` role, as the real one does behind vLLM), real tokenisation and token counts.
-
-The cache folder is named after a hash of ``SHAPE``, the training text and the library versions:
-a change builds a new model, an unchanged one is never rebuilt. It is an ordinary model folder.
-"""
+"""Build, once, a tiny random Gemma 2 with a tokenizer trained on the shipped BoolQ rows: nothing
+is downloaded (CI must not depend on the hub), yet the dry run exercises what a scripted client
+cannot: Gemma 2's architecture, its chat template (a ``system`` role refused, as behind vLLM), real
+tokenisation and token counts."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -20,8 +15,7 @@ from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-DEFAULT_DATA_FILE = REPO / "data" / "boolq" / "validation.jsonl"
+DEFAULT_DATA_FILE = Path(__file__).resolve().parent.parent / "data" / "boolq" / "validation.jsonl"
 # Gemma's special tokens, in Gemma's id order for the first four (pad 0, eos 1, bos 2, unk 3).
 SPECIAL_TOKENS = ("<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>")
 # Gemma 2 IT's chat template (google/gemma-2-2b-it), verbatim: a system message raises.
@@ -46,56 +40,45 @@ SHAPE = dict(vocab_size=2048, hidden_size=64, intermediate_size=128, num_hidden_
 
 @dataclass(frozen=True)
 class BuiltModel:
-    path: Path  # cache_dir/tiny-gemma2-<key>
+    path: Path  # cache_dir/tiny-gemma2-<key>, an ordinary model folder
     built: bool  # False when the cached folder was reused
     seconds: float
     num_parameters: int
 
 
 def cache_key(data_file: Path) -> str:
-    """Hash of everything the build depends on: shape, template, training text, versions."""
-    payload = {
-        "shape": SHAPE,
-        "template": GEMMA2_CHAT_TEMPLATE,
-        "data_sha256": hashlib.sha256(data_file.read_bytes()).hexdigest(),
-        "versions": {name: version(name) for name in ("torch", "transformers", "tokenizers")},
-    }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def train_tokenizer(data_file: Path):  # -> PreTrainedTokenizerFast
-    """Byte-level BPE (lossless on any text) on every row's question, title and passage."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    rows = [json.loads(line) for line in data_file.read_text(encoding="utf-8").splitlines()]
-    texts = [str(row[k]) for row in rows for k in ("question", "title", "passage") if k in row]
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    alphabet = pre_tokenizers.ByteLevel.alphabet()
-    special = list(SPECIAL_TOKENS)
-    trainer = trainers.BpeTrainer(vocab_size=SHAPE["vocab_size"], initial_alphabet=alphabet,
-                                  special_tokens=special, show_progress=False)  # fmt: skip
-    tokenizer.train_from_iterator(texts, trainer)
-    pad, eos, bos, unk, *turns = SPECIAL_TOKENS
-    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token=pad, eos_token=eos,
-                                   bos_token=bos, unk_token=unk,
-                                   additional_special_tokens=turns)  # fmt: skip
-    fast.chat_template = GEMMA2_CHAT_TEMPLATE
-    return fast
+    """Hash of everything the build depends on (shape, template, training text, library
+    versions): a change builds a new model, an unchanged one is never rebuilt."""
+    data = hashlib.sha256(data_file.read_bytes()).hexdigest()
+    versions = [version(name) for name in ("torch", "transformers", "tokenizers")]
+    payload = json.dumps([SHAPE, GEMMA2_CHAT_TEMPLATE, data, versions], sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
 def build_into(folder: Path, data_file: Path) -> int:
-    """Write tokenizer, model and generation config to ``folder``; return the parameter count."""
+    """Write tokenizer, model and generation config to ``folder``; return the parameter count.
+    The tokenizer: byte-level BPE (lossless on any text) on every row's question, title, passage."""
     import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import Gemma2Config, Gemma2ForCausalLM, GenerationConfig
+    from transformers import PreTrainedTokenizerFast as FastTokenizer
 
-    tokenizer = train_tokenizer(data_file)
+    rows = [json.loads(line) for line in data_file.read_text(encoding="utf-8").splitlines()]
+    texts = [str(row[k]) for row in rows for k in ("question", "title", "passage") if k in row]
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(texts, trainers.BpeTrainer(
+        vocab_size=SHAPE["vocab_size"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        special_tokens=list(SPECIAL_TOKENS), show_progress=False))  # fmt: skip
+    pad, eos, bos, unk, *turns = SPECIAL_TOKENS
+    tokenizer = FastTokenizer(tokenizer_object=bpe, pad_token=pad, eos_token=eos, bos_token=bos,
+                              unk_token=unk, additional_special_tokens=turns)  # fmt: skip
+    tokenizer.chat_template = GEMMA2_CHAT_TEMPLATE
     ids = {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS}
     # Stops at <eos> or at the end of its turn, as Gemma 2 IT's generation config says.
-    special = dict(pad_token_id=ids["<pad>"], bos_token_id=ids["<bos>"],
-                   eos_token_id=[ids["<eos>"], ids["<end_of_turn>"]])  # fmt: skip
+    special = dict(pad_token_id=ids[pad], bos_token_id=ids[bos],
+                   eos_token_id=[ids[eos], ids["<end_of_turn>"]])  # fmt: skip
     shape = {k: v for k, v in SHAPE.items() if k not in ("vocab_size", "seed")}
     torch.manual_seed(SHAPE["seed"])
     model = Gemma2ForCausalLM(Gemma2Config(vocab_size=len(tokenizer), **shape, **special))
@@ -112,18 +95,15 @@ def build_model(cache_dir: Path, data_file: Path = DEFAULT_DATA_FILE) -> BuiltMo
     start = time.perf_counter()
     target = Path(cache_dir) / f"tiny-gemma2-{cache_key(data_file)}"
     info = target / "dryrun_build.json"
-    if info.exists():
-        count = json.loads(info.read_text())["num_parameters"]
-        return BuiltModel(target, False, time.perf_counter() - start, count)
-    scratch = target.parent / f".building-{target.name}-{os.getpid()}"
-    try:
-        count = build_into(scratch, data_file)
-        (scratch / info.name).write_text(json.dumps({"num_parameters": count}) + "\n")
+    built = not info.exists()
+    if built:
+        scratch = target.parent / f".building-{target.name}-{os.getpid()}"
         try:
-            scratch.rename(target)
-        except OSError:
-            if not info.exists():  # not a concurrent build that finished first
-                raise
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    return BuiltModel(target, True, time.perf_counter() - start, count)
+            count = build_into(scratch, data_file)
+            (scratch / info.name).write_text(json.dumps({"num_parameters": count}) + "\n")
+            with contextlib.suppress(OSError):  # a concurrent build finished first: keep that
+                scratch.rename(target)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+    count = json.loads(info.read_text())["num_parameters"]
+    return BuiltModel(target, built, time.perf_counter() - start, count)

@@ -29,12 +29,11 @@ from calibrated_qa.reward import score_completion
 from calibrated_qa.run_config import read_run_config
 from dryrun.orchestrator import (
     TOKEN_CLIENT,
-    EnvServer,
     Scheduler,
     eval_sampling_args,
     evaluate,
     sent_fields,
-    spawn_env_server,
+    start_env_server,
     train_sampling_args,
 )
 from tests.conftest import read_boolq, write_jsonl
@@ -94,8 +93,8 @@ def check_scored(output: dict, split: str, env_args: dict) -> None:
     assert len(step["tokens"]["completion_ids"]) == len(step["tokens"]["completion_logprobs"]) == n
 
 
-def server_tree(server: EnvServer) -> list[psutil.Process]:
-    root = psutil.Process(server.process.pid)
+def server_tree(env: vf.Environment) -> list[psutil.Process]:
+    root = psutil.Process(env.env_server_process.pid)
     return [root, *root.children(recursive=True)]
 
 
@@ -144,15 +143,15 @@ def test_prime_rl_path_with_the_reference_worker_counts(
         group = vf.EnvGroup(envs=[vf.load_environment("calibrated-qa", **train_args)],
                             env_names=["calibrated-qa"])  # fmt: skip
         eval_env = vf.load_environment("calibrated-qa", **eval_args)
-        servers = await asyncio.gather(
-            spawn_env_server("train", "calibrated-qa", train_args,
-                             {"max_seq_len": CONFIG.seq_len, "score_rollouts": True},
-                             CONFIG.env_workers, str(tmp_path / "envs" / "train")),
-            spawn_env_server("eval", "calibrated-qa", eval_args, {}, CONFIG.eval_env_workers,
-                             str(tmp_path / "envs" / "eval")),
-        )  # fmt: skip
+        servers = (group.envs[0], eval_env)
+        train_kwargs = {"max_seq_len": CONFIG.seq_len, "score_rollouts": True}
         try:
-            group.envs[0].env_client, eval_env.env_client = (s.client for s in servers)
+            await asyncio.gather(
+                start_env_server(servers[0], train_kwargs, CONFIG.env_workers,
+                                 str(tmp_path / "envs" / "train")),
+                start_env_server(servers[1], {}, CONFIG.eval_env_workers,
+                                 str(tmp_path / "envs" / "eval")),
+            )  # fmt: skip
             scheduler = Scheduler(env=group, examples=list(group.get_dataset()), client=client,
                                   model=MODEL, sampling_args=sampling, batch_size=BATCH,
                                   rollouts_per_example=GROUP, max_inflight=INFLIGHT)  # fmt: skip
@@ -163,7 +162,7 @@ def test_prime_rl_path_with_the_reference_worker_counts(
             return batches, evals, scheduler, trees
         finally:
             for s in servers:
-                await s.stop()
+                await s.stop_server()
 
     with FakeOpenAIServer(long_script) as server:
         batches, evals, scheduler, trees = asyncio.run(main(server))
@@ -241,12 +240,8 @@ def test_a_cancelled_rollout_writes_no_record(
     async def main(server: GatedServer) -> tuple[int, int]:
         group = vf.EnvGroup(envs=[vf.load_environment("calibrated-qa", **args)],
                             env_names=["calibrated-qa"])  # fmt: skip
-        kwargs = {"score_rollouts": True}
-        env_server = await spawn_env_server(
-            "train", "calibrated-qa", args, kwargs, 1, str(tmp_path)
-        )
         try:
-            group.envs[0].env_client = env_server.client
+            await start_env_server(group.envs[0], {"score_rollouts": True}, 1, str(tmp_path))
             scheduler = Scheduler(env=group, examples=list(group.get_dataset()),
                                   client=client_config(server), model=MODEL,
                                   sampling_args=train_sampling_args(CONFIG, 1.0), batch_size=GROUP,
@@ -265,7 +260,7 @@ def test_a_cancelled_rollout_writes_no_record(
             batch = await scheduler.generate_batch()  # the same worker still logs what it scores
             return cancelled, len(batch)
         finally:
-            await env_server.stop()
+            await group.envs[0].stop_server()
 
     with GatedServer() as server:
         cancelled, batch = asyncio.run(main(server))
