@@ -167,8 +167,7 @@ def pyes_histograms(panels: Sequence[Panel], path: PathLike) -> None:
     _save(fig, path)
 
 
-# panel: title, then (column, label, color) per line; markers (o, s, ^ in turn) and a small x
-# offset per line keep equal values visible
+# panel: title, (column, label, color) per line; a marker and x offset per line show equal values
 _CURVES = {
     "reward": ("Reward = calibration term + length penalty", [
         ("reward", "reward (analysis)", "#111"),
@@ -204,6 +203,7 @@ def metric_curves(
     title = f"Metrics per step ({len(rows)} step{'s' * (len(rows) != 1)}, ~{n} rollouts each)"
     fig, axes = _grid(list(_CURVES.items()), 3, (5.2, 3.9), title, bottom=0.17, hspace=0.7)
     span = max(1.0, float(np.ptp(steps)) if steps.size else 1.0)
+    bounds = {"length": (max_tokens / 5, 4 * max_tokens / 5) if max_tokens else (), "auroc": (0.5,)}
     for ax, (panel, (panel_title, curves)), _, _ in axes:
         ax.set_title(panel_title, fontsize=10, y=1.01)
         ax.set_xlabel(x_label, fontsize=9)
@@ -228,11 +228,8 @@ def metric_curves(
             why = "length not recorded in this input" if panel == "length" else ""
             _no_data(ax, why or "no parseable rollouts")
             continue
-        if panel == "length" and max_tokens:
-            for bound in (max_tokens / 5, 4 * max_tokens / 5):
-                ax.axhline(bound, color="#dc2626", linestyle=":", linewidth=1)
-        if panel == "auroc":
-            ax.axhline(0.5, color="k", linestyle=":", linewidth=1)
+        for bound in bounds.get(panel, ()):  # penalty-free band, chance
+            ax.axhline(bound, color="#dc2626" if panel == "length" else "k", ls=":", lw=1)
         if panel == "rates":
             ax.set_ylim(-0.02, 1.02)
         if len(curves) > 1 or panel == "reward":
