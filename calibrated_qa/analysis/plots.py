@@ -162,7 +162,8 @@ def pyes_histograms(panels: Sequence[Panel], path: PathLike) -> None:
         ax.set_ylabel("rollouts" if first else "", fontsize=8)
         ax.yaxis.set_major_locator(MaxNLocator(4, integer=True))
         for values, color in ((yes, "#16a34a"), (no, "#dc2626")):
-            ax.stairs(np.histogram(values, edges)[0], edges, fill=True, color=color, alpha=0.55)
+            counts = np.append(np.histogram(values, edges)[0], 0)  # a fill: stairs costs 3x
+            ax.fill_between(edges, counts, step="post", color=color, alpha=0.55, linewidth=0)
         ax.set_ylim(bottom=0)
     _save(fig, path)
 
