@@ -114,7 +114,7 @@ def reliability_grid(
             count, mean_p, freq = reliability_bins(panel.p, panel.y)
             filled = count > 0
             x0, top = np.flatnonzero(filled) / N_BINS + 0.005, freq[filled]
-            x1, zero = x0 + 0.09, 0 * top  # the corners of each bar, clockwise:
+            x1, zero = x0 + 0.09, 0 * top  # each bar's four corners:
             bars = np.stack([x0, zero, x0, top, x1, top, x1, zero], axis=1).reshape(-1, 4, 2)
             ax.add_collection(PolyCollection(bars, color="#2563eb", alpha=0.35, linewidth=0))
             ax.plot([0, 1], [0, 1], "k--", linewidth=1, alpha=0.5)
@@ -152,8 +152,8 @@ def pyes_histograms(panels: Sequence[Panel], path: PathLike) -> None:
     for ax, panel, lowest, first in axes:
         yes, no = panel.p[panel.y], panel.p[~panel.y]
         head = f"{panel.title} ({panel.n_total - panel.p.size} unparseable of {panel.n_total})"
-        counts = f"\ntrue yes n={yes.size}, true no n={no.size}" if panel.p.size else ""
-        ax.set_title(head + counts, fontsize=9, y=1.01)
+        split = f"\ntrue yes n={yes.size}, true no n={no.size}" if panel.p.size else ""
+        ax.set_title(head + split, fontsize=9, y=1.01)
         ax.set(xlim=(0, 1), xticks=TICKS if lowest else [])
         ax.set_xlabel("stated P(YES)" if lowest else "", fontsize=8)
         if not panel.p.size:
