@@ -7,7 +7,6 @@ import math
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -399,16 +398,14 @@ def write_plots(result: Analysis, out: Path) -> None:
         for name, part in groups
     ]
     figures = [
-        partial(
-            plots.reliability_grid,
+        lambda: plots.reliability_grid(
             [rollout_panels],
             out / "calibration_curves.png",
             "Reliability of stated P(YES), per rollout",
             [("stated P(YES) (10 integer-percent bins)", "observed fraction of true answers")],
         ),
-        partial(plots.pyes_histograms, rollout_panels, out / "pyes_histograms.png"),
-        partial(
-            plots.metric_curves,
+        lambda: plots.pyes_histograms(rollout_panels, out / "pyes_histograms.png"),
+        lambda: plots.metric_curves(
             result.rows,
             out / "brier_over_time.png",
             orchestrator=result.orchestrator,
@@ -423,8 +420,7 @@ def write_plots(result: Analysis, out: Path) -> None:
             why = "no question has a parseable rollout"
             ens_panels.append(plots.Panel(name + " (questions)", p, y, p.size + empty, why))
         figures.append(
-            partial(
-                plots.reliability_grid,
+            lambda: plots.reliability_grid(
                 [ens_panels],
                 out / "calibration_curves_ensemble.png",
                 "Self-ensemble: mean P(YES) over a question's rollouts within a step",
@@ -433,8 +429,7 @@ def write_plots(result: Analysis, out: Path) -> None:
         )
     else:
         figures.append(
-            partial(
-                plots.message_figure,
+            lambda: plots.message_figure(
                 out / "calibration_curves_ensemble.png",
                 "Self-ensemble not available",
                 "this input carries no question identity (the original per-rollout CSV):\n"
