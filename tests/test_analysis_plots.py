@@ -77,6 +77,7 @@ def test_histogram_counts_start_at_zero_and_equal_values_stay_visible(
     assert list(accuracy.get_xdata()) != list(parse_rate.get_xdata())  # offset
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="without fork, draw draws in this process")
 def test_draw_splits_figures_over_two_processes_and_reports_a_failed_one(tmp_path: Path) -> None:
     def figure(i: int) -> Callable[[], None]:
         return lambda: (tmp_path / f"{i}.pid").write_text(str(os.getpid()))
