@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -73,3 +75,20 @@ def test_histogram_counts_start_at_zero_and_equal_values_stay_visible(
     accuracy, parse_rate = rates[0], rates[1]
     assert accuracy.get_marker() != parse_rate.get_marker()
     assert list(accuracy.get_xdata()) != list(parse_rate.get_xdata())  # offset
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="without fork, draw draws in this process")
+def test_draw_splits_figures_over_two_processes_and_reports_a_failed_one(tmp_path: Path) -> None:
+    def figure(i: int) -> Callable[[], None]:
+        return lambda: (tmp_path / f"{i}.pid").write_text(str(os.getpid()))
+
+    plots.draw([figure(i) for i in range(4)])
+    pids = [int((tmp_path / f"{i}.pid").read_text()) for i in range(4)]
+    assert pids[0] == pids[2] == os.getpid() != pids[1] == pids[3]
+
+    def fails() -> None:
+        raise ValueError("cannot draw")
+
+    with pytest.raises(RuntimeError, match="child process"):
+        plots.draw([figure(4), fails])
+    assert (tmp_path / "4.pid").read_text() == str(os.getpid())

@@ -1,7 +1,9 @@
 """Figures: reliability diagrams, metric curves over training, P(YES) histograms.
 
-matplotlib is imported lazily (Agg): metrics-only runs never pay for it. Few artists per panel:
-drawing, not computing, is what plots cost.
+matplotlib is imported lazily and without pyplot: metrics-only runs never pay for it. Drawing is
+nearly all of the plots' cost and a tick or a text costs as much as a whole curve, so in a grid
+only the outer panels carry ticks, bars and gridlines are one collection per panel, and ``draw``
+splits the figures over two processes.
 """
 
 from __future__ import annotations
@@ -9,7 +11,8 @@ from __future__ import annotations
 import math
 import os
 import textwrap
-from collections.abc import Sequence
+import traceback
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +20,10 @@ import numpy as np
 from numpy.typing import NDArray
 
 from calibrated_qa.analysis.metrics import N_BINS, expected_calibration_error, reliability_bins
+
+PathLike = str | os.PathLike[str]
+TICKS = [0, 0.25, 0.5, 0.75, 1]
+GRID = {"color": "#b0b0b0", "alpha": 0.2, "linewidth": 0.8, "zorder": 1.5}  # as matplotlib's
 
 
 @dataclass
@@ -30,38 +37,56 @@ class Panel:
     empty: str = "no parseable rollouts"  # what "no data" means here
 
 
-def _pyplot() -> Any:
-    import matplotlib
+def draw(figures: Sequence[Callable[[], None]]) -> None:
+    """Draw independent figures, every other one in a forked child: matplotlib draws on one core,
+    so two halve the time. The child only draws and exits (it outlives a killed parent by its
+    figures at most); without ``os.fork`` (Windows) all are drawn here."""
+    import matplotlib.figure  # noqa: F401  (once, before the fork)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    child = os.fork() if hasattr(os, "fork") and len(figures) > 1 else None
+    if child == 0:
+        try:
+            for figure in figures[1::2]:
+                figure()
+        except BaseException:
+            traceback.print_exc()
+            os._exit(1)
+        os._exit(0)
+    try:
+        for figure in figures if child is None else figures[::2]:
+            figure()
+    finally:
+        status = os.waitpid(child, 0)[1] if child else 0
+    if status:
+        raise RuntimeError("a figure failed in the drawing child process (traceback above)")
 
-    return plt
 
+def _grid(slots: Sequence[Any], cols: int, size: tuple[float, float], title: str, **space: Any):
+    """A figure titled above its panels (wrapped to its width, never clipped) with an axes per
+    filled slot: (axes, item, lowest of its column, starts a row); only those carry ticks."""
+    from matplotlib.figure import Figure
 
-def _figure(
-    rows: int, cols: int, width: float, height: float, title: str, **share: Any
-) -> tuple[Any, Any]:
-    """A grid with room for a title wrapped to the figure's width (never clipped)."""
-    plt = _pyplot()
-    total = max(width * cols, 6.0)  # a single panel still has room for its figure title
-    fig, axes = plt.subplots(rows, cols, figsize=(total, height * rows), squeeze=False, **share)
-    lines = textwrap.wrap(title, int(total * 11))
-    fig.suptitle("\n".join(lines), fontsize=12, y=1 - 0.1 / (height * rows), va="top")
-    top = 1 - (0.75 + 0.22 * len(lines)) / (height * rows)  # room for two-line panel titles
-    fig.subplots_adjust(
-        left=0.7 / total, right=1 - 0.3 / total, bottom=0.8 / (height * rows), top=top
-    )
-    fig.subplots_adjust(hspace=0.55, wspace=0.28)
+    rows = math.ceil(len(slots) / cols)
+    width, height = max(size[0] * cols, 6.0), size[1] * rows  # room for the title on one panel
+    fig = Figure(figsize=(width, height))
+    lines = textwrap.wrap(title, int(width * 11))
+    fig.suptitle("\n".join(lines), fontsize=12, y=1 - 0.1 / height, va="top")
+    top = 1 - (0.75 + 0.22 * len(lines)) / height  # room for two-line panel titles
+    margins = dict(left=0.7 / width, right=1 - 0.3 / width, bottom=0.8 / height, top=top)
+    fig.subplots_adjust(**{**margins, "hspace": 0.55, "wspace": 0.28, **space})
+    axes = []
+    for i, item in enumerate(slots):
+        if item is not None:
+            lowest = i + cols >= len(slots) or slots[i + cols] is None
+            axes.append((fig.add_subplot(rows, cols, i + 1), item, lowest, i % cols == 0))
     return fig, axes
 
 
-def _save(fig: Any, path: str | os.PathLike[str], dpi: int = 100) -> None:
-    fig.savefig(path, dpi=dpi, pil_kwargs={"compress_level": 1})  # zlib level 6 costs 3x
-    _pyplot().close(fig)
+def _save(fig: Any, path: PathLike) -> None:
+    from matplotlib import rc_context
 
-
-TICKS = [0, 0.25, 0.5, 0.75, 1]  # few fixed ticks: tick layout is most of a figure's cost
+    with rc_context({"text.hinting": "no_hinting"}):  # hinting is a third of the text's cost
+        fig.savefig(path, dpi=100, pil_kwargs={"compress_level": 1})  # zlib level 6 costs 3x
 
 
 def _no_data(ax: Any, why: str) -> None:
@@ -69,147 +94,103 @@ def _no_data(ax: Any, why: str) -> None:
     ax.text(0.5, 0.5, f"no data: {why}", ha="center", va="center", transform=ax.transAxes)
 
 
-def _reliability(ax: Any, panel: Panel, xlabel: str, ylabel: str) -> None:
-    n = panel.p.size
-    ece = ""
-    if n == 0:
-        _no_data(ax, panel.empty)
-    else:
-        ax.plot([0, 1], [0, 1], "k--", linewidth=1, alpha=0.5)
-        count, mean_p, freq = reliability_bins(panel.p, panel.y)
-        centers = (np.arange(N_BINS) + 0.5) / N_BINS
-        filled = count > 0
-        ax.bar(centers[filled], freq[filled], width=0.09, alpha=0.35, color="#2563eb")
-        ax.plot(mean_p[filled], freq[filled], "o-", color="#1e40af", markersize=4)
-        for x, c in zip(centers[filled], count[filled], strict=True):  # counts at the foot
-            ax.text(x, 0.02, f"{int(c)}", ha="center", va="bottom", rotation=90, fontsize=6.5)
-        ece = f", ECE={expected_calibration_error(panel.p, panel.y):.3f}"
-    ax.set_title(f"{panel.title}\nn={n} parseable of {panel.n_total}{ece}", fontsize=9, y=1.01)
-    ax.set(xlim=(0, 1), ylim=(0, 1.05), xticks=TICKS, yticks=TICKS)
-    ax.set_xlabel(xlabel, fontsize=8)
-    ax.set_ylabel(ylabel, fontsize=8)
-    ax.grid(alpha=0.2)
-
-
 def reliability_grid(
-    rows: Sequence[Sequence[Panel]],
-    path: str | os.PathLike[str],
-    title: str,
-    labels: Sequence[tuple[str, str]],
+    rows: Sequence[Sequence[Panel]], path: PathLike, title: str, labels: Sequence[tuple[str, str]]
 ) -> None:
-    """Reliability diagrams: one row of panels per entry of ``rows``, axis labels per row."""
-    if len(rows) == 1:
-        cols = max(1, min(4, len(rows[0])))
-        items = [(p, *labels[0]) for p in rows[0]]
-        n_rows = math.ceil(len(items) / cols)
-    else:
-        cols, n_rows, items = max(len(r) for r in rows), len(rows), []
-        for r, lab in zip(rows, labels, strict=True):
-            items += [(p, *lab) for p in r] + [None] * (cols - len(r))
-    fig, axes = _figure(n_rows, cols, 3.6, 3.3, title, sharex=True, sharey=True)
-    for ax, item in zip(axes.flat, items + [None] * (axes.size - len(items)), strict=True):
-        if item is None:
-            ax.set_visible(False)
+    """Reliability diagrams: a row of panels per entry of ``rows`` (one row wraps after four),
+    with that row's axis labels; rows of different meaning keep their x ticks and labels."""
+    from matplotlib.collections import PolyCollection
+
+    cols = max(1, min(4, len(rows[0])) if len(rows) == 1 else max(map(len, rows)))
+    slots: list[Any] = []
+    for row, row_labels in zip(rows, labels, strict=True):
+        slots += [(p, row_labels) for p in row] + [None] * (-len(row) % cols)
+    fig, axes = _grid(slots, cols, (3.6, 3.3), title)
+    for ax, (panel, (xlabel, ylabel)), lowest, first in axes:
+        n, ece, x_ticks = panel.p.size, "", lowest or len(rows) > 1
+        if n:
+            ax.vlines(TICKS, 0, 1.05, **GRID)
+            ax.hlines(TICKS, 0, 1, **GRID)
+            count, mean_p, freq = reliability_bins(panel.p, panel.y)
+            filled = count > 0
+            x0, top = np.flatnonzero(filled) / N_BINS + 0.005, freq[filled]
+            x1, zero = x0 + 0.09, 0 * top  # each bar's four corners:
+            bars = np.stack([x0, zero, x0, top, x1, top, x1, zero], axis=1).reshape(-1, 4, 2)
+            ax.add_collection(PolyCollection(bars, color="#2563eb", alpha=0.35, linewidth=0))
+            ax.plot([0, 1], [0, 1], "k--", linewidth=1, alpha=0.5)
+            ax.plot(mean_p[filled], top, "o-", color="#1e40af", markersize=4)
+            for x, c in zip(x0 + 0.045, count[filled], strict=True):  # counts at the foot
+                ax.text(x, 0.02, f"{int(c)}", ha="center", va="bottom", rotation=90, fontsize=6.5)
+            ece = f", ECE={expected_calibration_error(panel.p, panel.y):.3f}"
         else:
-            _reliability(ax, *item)
-            _outer(ax, axes, items, cols, same_row_labels=len(rows) == 1)
+            _no_data(ax, panel.empty)
+        ax.set_title(f"{panel.title}\nn={n} parseable of {panel.n_total}{ece}", fontsize=9, y=1.01)
+        ax.set(xlim=(0, 1), ylim=(0, 1.05), xticks=TICKS if x_ticks else [])
+        ax.set(yticks=TICKS if first else [])
+        ax.set_xlabel(xlabel if x_ticks else "", fontsize=8)
+        ax.set_ylabel(ylabel if first else "", fontsize=8)
     _save(fig, path)
 
 
-def _outer(ax: Any, axes: Any, items: Sequence[Any], cols: int, same_row_labels: bool) -> None:
-    """Tick and axis labels on the outer panels only (text is most of a figure's cost); rows of
-    different meaning keep their x labels."""
-    i = list(axes.flat).index(ax)
-    below = i + cols
-    inner = below < len(items) and items[below] is not None
-    if same_row_labels and inner:
-        ax.set_xlabel("")
-    ax.tick_params(labelbottom=not (same_row_labels and inner))
-    if i % cols:
-        ax.set_ylabel("")
-        ax.tick_params(labelleft=False)
-
-
-def message_figure(path: str | os.PathLike[str], title: str, message: str) -> None:
+def message_figure(path: PathLike, title: str, message: str) -> None:
     """A figure that says why there is nothing to plot (so no expected file is ever missing)."""
-    fig, axes = _figure(1, 1, 7.5, 2.5, title)
-    axes[0, 0].axis("off")
-    _no_data(axes[0, 0], message)
+    fig, [(ax, *_)] = _grid([message], 1, (7.5, 2.5), title)
+    ax.axis("off")
+    _no_data(ax, message)
     _save(fig, path)
 
 
-def pyes_histograms(panels: Sequence[Panel], path: str | os.PathLike[str]) -> None:
-    """Histograms of stated P(YES) per panel, split by the true answer (1% bins)."""
+def pyes_histograms(panels: Sequence[Panel], path: PathLike) -> None:
+    """Histograms of stated P(YES) per panel, split by the true answer (1% bins). The colour key is
+    in the figure's title and the counts in each panel's: a legend per panel costs as much as the
+    panel, and covers data."""
     from matplotlib.ticker import MaxNLocator
 
-    cols = max(1, min(4, len(panels)))
-    fig, axes = _figure(
-        math.ceil(len(panels) / cols), cols, 3.6, 3.1, "Stated P(YES) by true answer", sharex=True
-    )
-    fig.subplots_adjust(hspace=0.5)
+    title = "Stated P(YES) by true answer (green: true yes, red: true no)"
+    fig, axes = _grid(panels, max(1, min(4, len(panels))), (3.6, 3.1), title, hspace=0.5)
     edges = np.linspace(-0.005, 1.005, 102)
-    for ax, panel in zip(axes.flat, panels, strict=False):
-        unparseable = panel.n_total - panel.p.size
-        title = f"{panel.title}\n{unparseable} unparseable of {panel.n_total}"
-        ax.set_title(title, fontsize=9, y=1.01)
-        ax.set_xlabel("stated P(YES)", fontsize=8)
-        ax.set_ylabel("rollouts", fontsize=8)
-        ax.set(xlim=(0, 1), xticks=TICKS)
-        ax.yaxis.set_major_locator(MaxNLocator(4, integer=True))
-        if panel.p.size == 0:
+    for ax, panel, lowest, first in axes:
+        yes, no = panel.p[panel.y], panel.p[~panel.y]
+        head = f"{panel.title} ({panel.n_total - panel.p.size} unparseable of {panel.n_total})"
+        split = f"\ntrue yes n={yes.size}, true no n={no.size}" if panel.p.size else ""
+        ax.set_title(head + split, fontsize=9, y=1.01)
+        ax.set(xlim=(0, 1), xticks=TICKS if lowest else [])
+        ax.set_xlabel("stated P(YES)" if lowest else "", fontsize=8)
+        if not panel.p.size:
             _no_data(ax, panel.empty)
             continue
-        for truth, color, name in ((True, "#16a34a", "true: yes"), (False, "#dc2626", "true: no")):
-            values = panel.p[panel.y == truth]
-            counts, _ = np.histogram(values, bins=edges)
-            ax.stairs(
-                counts, edges, fill=True, color=color, alpha=0.55, label=f"{name} (n={values.size})"
-            )
+        ax.set_ylabel("rollouts" if first else "", fontsize=8)
+        ax.yaxis.set_major_locator(MaxNLocator(4, integer=True))
+        for values, color in ((yes, "#16a34a"), (no, "#dc2626")):
+            counts = np.append(np.histogram(values, edges)[0], 0)  # a fill: stairs costs 3x
+            ax.fill_between(edges, counts, step="post", color=color, alpha=0.55, linewidth=0)
         ax.set_ylim(bottom=0)
-        ax.legend(fontsize=7, loc="upper center")
-    for i, ax in enumerate(axes.flat):
-        if i >= len(panels):
-            ax.set_visible(False)
-        elif i + cols < len(panels):  # x ticks and label on the lowest panel of each column
-            ax.set_xlabel("")
-        else:
-            ax.tick_params(labelbottom=True)
     _save(fig, path)
 
 
-# panel: title, then (column, label, color, marker) per line; markers and a small x offset per
-# line keep equal values visible
+# panel: title, (column, label, color) per line; a marker and x offset per line show equal values
 _CURVES = {
     "reward": ("Reward = calibration term + length penalty", [
-        ("reward", "reward (analysis)", "#111", "o"),
-        ("calibration_reward", "calibration term", "#2563eb", "s"),
-        ("length_penalty", "length penalty", "#dc2626", "^"),
-    ]),
+        ("reward", "reward (analysis)", "#111"),
+        ("calibration_reward", "calibration term", "#2563eb"),
+        ("length_penalty", "length penalty", "#dc2626")]),
     "brier": ("Brier score (parseable rollouts; lower is better)", [
-        ("brier", "rollouts", "#2563eb", "o"),
-        ("ensemble_brier", "self-ensemble", "#7c3aed", "s"),
-    ]),
+        ("brier", "rollouts", "#2563eb"), ("ensemble_brier", "self-ensemble", "#7c3aed")]),
     "ece": ("ECE, 10 integer-percent bins (lower is better)", [
-        ("ece_pyes", "ECE on P(YES)", "#2563eb", "o"),
-        ("ece_conf", "ECE on confidence", "#ea580c", "s"),
-    ]),
+        ("ece_pyes", "ECE on P(YES)", "#2563eb"), ("ece_conf", "ECE on confidence", "#ea580c")]),
     "rates": ("Accuracy, parse rate, penalized fraction", [
-        ("accuracy", "accuracy (unparseable = wrong)", "#16a34a", "o"),
-        ("parse_rate", "parse rate", "#111", "s"),
-        ("penalized_frac", "length-penalized fraction", "#dc2626", "^"),
-    ]),
+        ("accuracy", "accuracy (unparseable = wrong)", "#16a34a"),
+        ("parse_rate", "parse rate", "#111"),
+        ("penalized_frac", "length-penalized fraction", "#dc2626")]),
     "length": ("Mean completion length L (penalty-free band dotted)", [
-        ("mean_length", "mean length L", "#111", "o"),
-    ]),
-    "auroc": ("AUROC: confidence separates correct from wrong", [
-        ("auroc", "AUROC", "#0891b2", "o"),
-    ]),
+        ("mean_length", "mean length L", "#111")]),
+    "auroc": ("AUROC: confidence separates correct from wrong", [("auroc", "AUROC", "#0891b2")]),
 }  # fmt: skip
 
 
 def metric_curves(
     rows: Sequence[dict[str, float]],
-    path: str | os.PathLike[str],
+    path: PathLike,
     *,
     orchestrator: dict[int, float] | None = None,
     max_tokens: int | None = None,
@@ -219,53 +200,41 @@ def metric_curves(
     from matplotlib.ticker import MaxNLocator
 
     steps = np.array([r["step"] for r in rows], dtype=float)
-    n_per_step = int(np.median([r["n"] for r in rows])) if rows else 0
-    title = (
-        f"Metrics per step ({len(rows)} step{'s' * (len(rows) != 1)}, ~{n_per_step} rollouts each)"
-    )
-    fig, axes = _figure(2, 3, 5.2, 3.9, title)
-    fig.subplots_adjust(bottom=0.17, hspace=0.7)
+    n = int(np.median([r["n"] for r in rows])) if rows else 0
+    title = f"Metrics per step ({len(rows)} step{'s' * (len(rows) != 1)}, ~{n} rollouts each)"
+    fig, axes = _grid(list(_CURVES.items()), 3, (5.2, 3.9), title, bottom=0.17, hspace=0.7)
     span = max(1.0, float(np.ptp(steps)) if steps.size else 1.0)
-    for ax, (panel, (panel_title, curves)) in zip(axes.flat, _CURVES.items(), strict=True):
+    bounds = {"length": (max_tokens / 5, 4 * max_tokens / 5) if max_tokens else (), "auroc": (0.5,)}
+    for ax, (panel, (panel_title, curves)), _, _ in axes:
         ax.set_title(panel_title, fontsize=10, y=1.01)
         ax.set_xlabel(x_label, fontsize=9)
         ax.xaxis.set_major_locator(MaxNLocator(6, integer=True))
         ax.yaxis.set_major_locator(MaxNLocator(5))
         ax.grid(alpha=0.25)
+        if steps.size == 1:
+            ax.set_xlim(steps[0] - 1, steps[0] + 1)
         if panel == "reward" and orchestrator:
             keys = sorted(orchestrator)
-            ax.plot(
-                keys, [orchestrator[k] for k in keys], "-", color="#999", label="orchestrator log"
-            )
+            ax.plot(keys, [orchestrator[k] for k in keys], color="#999", label="orchestrator log")
         drawn = 0
-        for k, (column, label, color, marker) in enumerate(curves):
+        for k, (column, label, color) in enumerate(curves):
             values = np.array([r[column] for r in rows], dtype=float)
             if np.all(np.isnan(values)):
                 continue
-            offset = (k - (len(curves) - 1) / 2) * 0.012 * span
-            style = dict(color=color, marker=marker, markersize=6 - k, linewidth=1.2, label=label)
-            ax.plot(steps + offset, values, markerfacecolor="none" if k else color, **style)
+            x = steps + (k - (len(curves) - 1) / 2) * 0.012 * span
+            style = dict(color=color, marker="os^"[k], markersize=6 - k, linewidth=1.2, label=label)
+            ax.plot(x, values, markerfacecolor="none" if k else color, **style)
             drawn += 1
         if not drawn:
-            why = (
-                "length not recorded in this input"
-                if panel == "length"
-                else "no parseable rollouts"
-            )
-            _no_data(ax, why)
+            why = "length not recorded in this input" if panel == "length" else ""
+            _no_data(ax, why or "no parseable rollouts")
             continue
-        if panel == "length" and max_tokens:
-            for bound in (max_tokens / 5, 4 * max_tokens / 5):
-                ax.axhline(bound, color="#dc2626", linestyle=":", linewidth=1)
-        if panel == "auroc":
-            ax.axhline(0.5, color="k", linestyle=":", linewidth=1)
+        for bound in bounds.get(panel, ()):  # penalty-free band, chance
+            ax.axhline(bound, color="#dc2626" if panel == "length" else "k", ls=":", lw=1)
         if panel == "rates":
             ax.set_ylim(-0.02, 1.02)
         if len(curves) > 1 or panel == "reward":
             ax.legend(
                 fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False
             )
-    if steps.size == 1:
-        for ax in axes.flat:
-            ax.set_xlim(steps[0] - 1, steps[0] + 1)
     _save(fig, path)

@@ -383,7 +383,7 @@ def readme_section(result: Analysis, command: str) -> str:
 
 
 def write_plots(result: Analysis, out: Path) -> None:
-    """The four figures (matplotlib imported here only)."""
+    """The four figures (matplotlib imported here only), drawn two at a time (``plots.draw``)."""
     rollouts = result.rollouts
     size = result.options.group_size or max(1, math.ceil(len(result.rows) / MAX_PANELS))
     groups = [
@@ -397,39 +397,46 @@ def write_plots(result: Analysis, out: Path) -> None:
         plots.Panel(name, part.p_yes[part.parseable], part.y[part.parseable], len(part))
         for name, part in groups
     ]
-    plots.reliability_grid(
-        [rollout_panels],
-        out / "calibration_curves.png",
-        "Reliability of stated P(YES), per rollout",
-        [("stated P(YES) (10 integer-percent bins)", "observed fraction of true answers")],
-    )
+    figures = [
+        lambda: plots.reliability_grid(
+            [rollout_panels],
+            out / "calibration_curves.png",
+            "Reliability of stated P(YES), per rollout",
+            [("stated P(YES) (10 integer-percent bins)", "observed fraction of true answers")],
+        ),
+        lambda: plots.pyes_histograms(rollout_panels, out / "pyes_histograms.png"),
+        lambda: plots.metric_curves(
+            result.rows,
+            out / "brier_over_time.png",
+            orchestrator=result.orchestrator,
+            max_tokens=max(result.read.max_tokens) if len(result.read.max_tokens) == 1 else None,
+            x_label="eval step" if result.options.split == "eval" else "training step",
+        ),
+    ]
     if result.rollouts.has_identity:
         ens_panels = []
         for name, part in groups:
             p, y, _, empty = ensemble(part)
             why = "no question has a parseable rollout"
             ens_panels.append(plots.Panel(name + " (questions)", p, y, p.size + empty, why))
-        plots.reliability_grid(
-            [ens_panels],
-            out / "calibration_curves_ensemble.png",
-            "Self-ensemble: mean P(YES) over a question's rollouts within a step",
-            [("mean P(YES) of the question's parseable rollouts", "fraction of true answers")],
+        figures.append(
+            lambda: plots.reliability_grid(
+                [ens_panels],
+                out / "calibration_curves_ensemble.png",
+                "Self-ensemble: mean P(YES) over a question's rollouts within a step",
+                [("mean P(YES) of the question's parseable rollouts", "fraction of true answers")],
+            )
         )
     else:
-        plots.message_figure(
-            out / "calibration_curves_ensemble.png",
-            "Self-ensemble not available",
-            "this input carries no question identity (the original per-rollout CSV):\n"
-            "rollouts of one question cannot be grouped, and adjacent lines are not a question",
+        figures.append(
+            lambda: plots.message_figure(
+                out / "calibration_curves_ensemble.png",
+                "Self-ensemble not available",
+                "this input carries no question identity (the original per-rollout CSV):\n"
+                "rollouts of one question cannot be grouped, and adjacent lines are not a question",
+            )
         )
-    plots.pyes_histograms(rollout_panels, out / "pyes_histograms.png")
-    plots.metric_curves(
-        result.rows,
-        out / "brier_over_time.png",
-        orchestrator=result.orchestrator,
-        max_tokens=max(result.read.max_tokens) if len(result.read.max_tokens) == 1 else None,
-        x_label="eval step" if result.options.split == "eval" else "training step",
-    )
+    plots.draw(figures)
 
 
 PLOT_FILES = (
