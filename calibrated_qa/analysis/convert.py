@@ -1,20 +1,27 @@
 """The original recipe's two formats converted into this project's record schema (version 1).
 
-What they never recorded is marked (-1, empty texts), never invented; docs/analysis.md lists the
-decisions. ``python -m calibrated_qa.analysis.convert IN... --out OUT.jsonl``.
+``columns`` is the one conversion: a batch of source rows becomes the schema's columns, which the
+analysis reads directly and ``python -m calibrated_qa.analysis.convert IN... --out OUT.jsonl``
+writes as records. What the original never recorded is marked (-1, empty texts), never invented;
+docs/analysis.md lists the decisions.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
 import json
 import math
 import sys
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from itertools import compress, repeat
+from operator import itemgetter
 from typing import Any
 
+import numpy as np
+
+from calibrated_qa.records import _RANGES as RANGES  # the schema's ranges, defined once there
 from calibrated_qa.records import SCHEMA_VERSION, RecordError, Split
 from calibrated_qa.reward import (
     answer_confidence,
@@ -25,8 +32,8 @@ from calibrated_qa.reward import (
 )
 
 ORIGINAL_MAX_TOKENS = 512  # the original recipe's sampler max_tokens (its run config)
-ORIGINAL_LOG_FIELDS = ("full_prompt", "ground_truth", "p_yes", "p_yes_extracted", "parseable")
-ORIGINAL_LOG_FIELDS += ("reward", "length_penalty", "approx_tokens")
+LOG_FIELDS = ("full_prompt", "ground_truth", "p_yes", "p_yes_extracted", "parseable", "reward")
+LOG_FIELDS += ("length_penalty", "approx_tokens")
 CSV_FIELDS = ("step", "reward", "brier_score", "p_yes", "ground_truth", "parseable")
 CSV_UNPARSEABLE_BELOW = -0.25  # a parseable 50% answer earns 1 - 0.25 plus a penalty >= -1
 QUESTION_MARKER = "\nQuestion: "
@@ -58,135 +65,136 @@ class Conversion:
         return notes
 
 
-def question_from_prompt(full_prompt: str) -> str | None:
+def question_from_prompt(full_prompt: str) -> str:
     """The question of an original-log prompt: its last ``Question:`` line, without ``?``."""
     start = full_prompt.rfind(QUESTION_MARKER)
     if start < 0 and not full_prompt.startswith("Question: "):
-        return None
+        return ""
     line = full_prompt[start + len(QUESTION_MARKER) :].split("\n", 1)[0]
-    return line.strip().rstrip("?").strip() or None
+    return line.strip().rstrip("?").strip()
 
 
-def question_id(question: str | None) -> int:
+def question_id(question: str) -> int:
     """A stable id for a question text (48 bits of its SHA-256), -1 without a question."""
-    if question is None:
+    if not question:
         return NO_IDENTITY
     return int.from_bytes(hashlib.sha256(question.encode()).digest()[:6], "big")
 
 
-def _truth(value: Any) -> bool:
-    text = str(value).strip().lower()
-    if text not in ("true", "false", "1", "0"):
-        raise ValueError(f"ground_truth must be true/false, got {value!r}")
-    return text in ("true", "1")
+def _truth(text: str) -> bool:
+    if text.strip().lower() not in ("true", "false", "1", "0"):
+        raise RecordError(f"field 'ground_truth' must be true/false, got {text!r}")
+    return text.strip().lower() in ("true", "1")
 
 
-def _finite(value: Any, name: str) -> float:
-    number = float(value)
-    if not math.isfinite(number):
-        raise ValueError(f"field {name!r} is not finite: {value!r}")
-    return number
-
-
-def _record(
-    *, source: str, split: Split, p_yes: float | None, label: bool, reward: float,
-    penalty: float, length: float, max_tokens: int, example_id: int = NO_IDENTITY,
-    question: str = "", completion: str = "",
-) -> dict[str, Any]:  # fmt: skip
-    if p_yes is not None and not 0 <= p_yes <= 1:
-        raise ValueError(f"p_yes out of [0, 1]: {p_yes}")
-    return {
-        "schema": SCHEMA_VERSION, "time": 0.0, "pid": 0, "example_id": example_id,
-        "split": split, "question": question, "ground_truth": "true" if label else "false",
-        "completion": completion, "p_yes": p_yes,
-        "pct": None if p_yes is None else round(100 * answer_confidence(p_yes)),
-        "answer": None if p_yes is None else ("YES" if predicts_yes(p_yes) else "NO"),
-        "parseable": p_yes is not None, "correct": is_correct(p_yes, label),
-        "brier": None if p_yes is None else brier_score(p_yes, label),
-        "calibration_reward": calibration_reward(p_yes, label), "length_penalty": penalty,
-        "reward": reward, "length": length, "length_unit": "chars", "completion_tokens": None,
-        "truncated": False, "max_tokens": max_tokens, "source": source,
-    }  # fmt: skip
-
-
-def from_original_log(
-    obj: Any, where: str, split: Split = "train", max_tokens: int = ORIGINAL_MAX_TOKENS
-) -> dict[str, Any]:
-    """One line of the original recipe's log as this project's record."""
-    if not isinstance(obj, dict):
-        raise RecordError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-    missing = [name for name in ORIGINAL_LOG_FIELDS if name not in obj]
-    if missing:
-        raise RecordError(f"{where}: missing field(s) {', '.join(missing)}")
+def _numbers(
+    values: Sequence[Any], name: str, low: float = -math.inf, high: float = math.inf, kind=float
+) -> list[Any]:
+    """``kind`` of each value (the log's numbers, the CSV's texts), checked finite and in range."""
     try:
-        parseable = bool(obj["parseable"]) and obj["p_yes_extracted"] is not None
-        question = question_from_prompt(str(obj["full_prompt"]))
-        return _record(
-            source="original-log",
-            split=split,
-            p_yes=_finite(obj["p_yes"], "p_yes") if parseable else None,
-            label=_truth(obj["ground_truth"]),
-            reward=_finite(obj["reward"], "reward"),
-            penalty=_finite(obj["length_penalty"], "length_penalty"),
-            length=_finite(obj["approx_tokens"], "approx_tokens"),
-            max_tokens=max_tokens,
-            example_id=question_id(question),
-            question=question or "",
-            completion=str(obj.get("full_completion", "")),
-        )
+        numbers = list(map(kind, values))
     except (TypeError, ValueError) as exc:
-        raise RecordError(f"{where}: {exc}") from exc
+        raise RecordError(f"field {name!r}: {exc}") from None
+    array = np.array(numbers, dtype=np.float64)
+    ok = np.isfinite(array) & (array >= low) & (array <= high)
+    if not ok.all():
+        bad = values[int(np.argmin(ok))]
+        raise RecordError(f"field {name!r} must be a finite number in [{low}, {high}], got {bad!r}")
+    return numbers
 
 
-def csv_header(line: str, where: str) -> list[str]:
-    """The column names of a per-rollout CSV; they must include ``CSV_FIELDS``."""
-    header = [name.strip() for name in next(csv.reader([line]))]
-    missing = [name for name in CSV_FIELDS if name not in header]
-    if missing:
-        raise RecordError(f"{where}: CSV header lacks {', '.join(missing)}")
-    return header
+def _get(rows: Sequence[dict[str, Any]], name: str, default: Any = None) -> Iterator[Any]:
+    return map(dict.get, rows, repeat(name), repeat(default))
 
 
-def from_csv_row(
-    header: list[str],
-    line: str,
-    where: str,
+def _scores(p_yes: float | None, label: bool) -> tuple[Any, ...]:
+    """pct, answer, correct, brier and calibration_reward of a stated P(YES), from ``reward``."""
+    stated = p_yes is not None
+    return (
+        round(100 * answer_confidence(p_yes)) if stated else None,
+        ("YES" if predicts_yes(p_yes) else "NO") if stated else None,
+        is_correct(p_yes, label),
+        brier_score(p_yes, label) if stated else None,
+        calibration_reward(p_yes, label),
+    )
+
+
+def columns(
+    fmt: str,
+    rows: Sequence[Any],
     counts: Conversion,
     split: Split = "train",
     max_tokens: int = ORIGINAL_MAX_TOKENS,
-) -> dict[str, Any]:
-    """One row of the original per-rollout CSV (or this project's) as a record with ``step``."""
+) -> dict[str, Sequence[Any]]:
+    """The record columns of a batch of source rows (the log's JSON objects, the CSV's rows as
+    dicts): the reward's functions run once per distinct (P(YES), truth), the prompt parsing and
+    hash once per distinct prompt. A ``RecordError`` names the field; ``counts`` changes only
+    when the whole batch converts."""
+    names = LOG_FIELDS if fmt == "original-log" else CSV_FIELDS
+    if set(map(type, rows)) != {dict}:
+        kind = next(type(row).__name__ for row in rows if type(row) is not dict)
+        raise RecordError(f"expected a JSON object, got {kind}")
     try:
-        values = next(csv.reader([line]))
-        if len(values) != len(header):
-            raise ValueError(f"{len(values)} fields, the header has {len(header)}")
-        row = {name: value.strip() for name, value in zip(header, values, strict=True)}
-        reward = _finite(row["reward"], "reward")
-        label = _truth(row["ground_truth"])
-        parseable = row["parseable"] not in ("0", "False", "false") and row["p_yes"] != ""
-        p = _finite(row["p_yes"], "p_yes") if parseable else None
-        if p == 0.5 and reward < CSV_UNPARSEABLE_BELOW:
-            p = None
-            counts.certain_unparseable += 1
-        elif p == 0.5 and reward <= 0:
-            counts.ambiguous += 1
-        penalty = row.get("length_penalty")
-        length = row.get("length")
-        record = _record(
-            source="original-csv",
-            split=split,
-            p_yes=p,
-            label=label,
-            reward=reward,
-            penalty=reward - calibration_reward(p, label) if not penalty else float(penalty),
-            length=float(length) if length else NOT_RECORDED,
-            max_tokens=max_tokens,
-            example_id=int(row["question_id"]) if row.get("question_id") else NO_IDENTITY,
+        source = dict(zip(names, zip(*map(itemgetter(*names), rows), strict=True), strict=True))
+    except KeyError:
+        missing = [name for name in names if not all(name in row for row in rows)]
+        raise RecordError(f"missing field(s) {', '.join(missing)}") from None
+    n = len(rows)
+    texts = list(map(str, source["ground_truth"]))
+    truth = {text: _truth(text) for text in set(texts)}
+    label = list(map(truth.__getitem__, texts))
+    reward = _numbers(source["reward"], "reward", *RANGES["reward"])
+    if fmt == "original-log":  # p_yes is 0.5 when unparseable; p_yes_extracted is null then
+        pairs = zip(source["parseable"], source["p_yes_extracted"], strict=True)
+        parse = [bool(a) and b is not None for a, b in pairs]
+    else:  # the CSV's parseable is 1 on every row; this project's CSV leaves p_yes empty
+        pairs = zip(source["parseable"], source["p_yes"], strict=True)
+        parse = [a not in ("0", "False", "false") and b != "" for a, b in pairs]
+    stated = iter(_numbers(list(compress(source["p_yes"], parse)), "p_yes", 0.0, 1.0))
+    p = [next(stated) if ok else None for ok in parse]
+    if fmt == "original-csv":  # a 50% with a reward below any parseable one's is unparseable
+        certain = [v == 0.5 and r < CSV_UNPARSEABLE_BELOW for v, r in zip(p, reward, strict=True)]
+        p = [None if c else v for v, c in zip(p, certain, strict=True)]
+    keys = list(zip(p, label, strict=True))
+    scores = {key: _scores(*key) for key in set(keys)}
+    pct, answer, correct, brier, calibration = zip(*map(scores.__getitem__, keys), strict=True)
+    if fmt == "original-log":
+        prompts = list(map(str, source["full_prompt"]))
+        question = {prompt: question_from_prompt(prompt) for prompt in set(prompts)}
+        ids = {prompt: question_id(text) for prompt, text in question.items()}
+        example_id = list(map(ids.__getitem__, prompts))
+        question = list(map(question.__getitem__, prompts))
+        completion = list(map(str, _get(rows, "full_completion", "")))
+        penalty = _numbers(source["length_penalty"], "length_penalty", *RANGES["length_penalty"])
+        length = _numbers(source["approx_tokens"], "approx_tokens")
+    else:
+        ids = [v or NO_IDENTITY for v in _get(rows, "question_id")]
+        example_id, question, completion = (
+            _numbers(ids, "question_id", kind=int),
+            [""] * n,
+            [""] * n,
         )
-        record["step"] = int(row["step"])
-        return record
-    except (KeyError, TypeError, ValueError) as exc:
-        raise RecordError(f"{where}: malformed CSV row ({exc})") from exc
+        penalty = map(
+            float.__sub__, reward, calibration
+        )  # not recorded: what is left of the reward
+        penalty = [v or d for v, d in zip(_get(rows, "length_penalty"), penalty, strict=True)]
+        penalty = _numbers(penalty, "length_penalty", *RANGES["length_penalty"])
+        length = _numbers([v or NOT_RECORDED for v in _get(rows, "length")], "length")
+    columns = {
+        "schema": [SCHEMA_VERSION] * n, "time": [0.0] * n, "pid": [0] * n, "example_id": example_id,
+        "split": [split] * n, "question": question, "completion": completion,
+        "ground_truth": ["true" if v else "false" for v in label], "p_yes": p, "pct": pct,
+        "answer": answer, "parseable": [v is not None for v in p], "correct": correct,
+        "brier": brier, "calibration_reward": calibration, "length_penalty": penalty,
+        "reward": reward, "length": length, "length_unit": ["chars"] * n,
+        "completion_tokens": [None] * n, "truncated": [False] * n, "max_tokens": [max_tokens] * n,
+        "source": [fmt] * n,
+    }  # fmt: skip
+    if fmt == "original-csv":
+        columns["step"] = _numbers(source["step"], "step", kind=int)
+        counts.certain_unparseable += sum(certain)
+        counts.ambiguous += sum(v == 0.5 and r <= 0 for v, r in zip(p, reward, strict=True))
+    return columns
 
 
 def main(argv: list[str] | None = None) -> int:

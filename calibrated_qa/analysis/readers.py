@@ -6,13 +6,14 @@ Completion texts are never kept, so memory does not grow with completion length.
 
 from __future__ import annotations
 
+import csv
 import gc
 import gzip
 import json
 import math
 import os
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from itertools import compress, repeat
@@ -151,20 +152,23 @@ BLOCK = 1 << 16  # bytes parsed by one ``loads`` call (small blocks stay in the 
 BATCH = 1 << 22  # bytes of records validated together: memory is flat in the log's size
 
 
-def _blocks(path: Path) -> Iterator[tuple[int, bytes, int]]:
-    """(first line number, whole lines, newlines) of a file, about ``BLOCK`` bytes at a time."""
+def _blocks(path: Path) -> Iterator[tuple[int, bytearray, int]]:
+    """(first line number, "[" + whole lines, newlines) of a file, about ``BLOCK`` bytes at a
+    time: the "[" lets the lines, joined by ",", parse as one JSON array after a single copy."""
     stream, first, rest = open_binary(path), 1, b""
     try:
         while data := stream.read(BLOCK):
-            data = rest + data
-            cut = data.rfind(b"\n") + 1
-            block, rest = data[:cut], data[cut:]
-            if block:
-                newlines = block.count(b"\n")
-                yield first, block, newlines
-                first += newlines
+            if not (cut := data.rfind(b"\n") + 1):
+                rest += data
+                continue
+            block = bytearray(b"[") + rest
+            block += memoryview(data)[:cut]
+            rest = data[cut:]
+            newlines = int(np.count_nonzero(np.frombuffer(block, np.uint8) == 10))  # 2x bytes.count
+            yield first, block, newlines
+            first += newlines
         if rest:
-            yield first, rest, 0
+            yield first, bytearray(b"[") + rest, 0
     except (OSError, EOFError) as exc:
         raise AnalysisInputError(f"{path}: cannot read ({exc})") from exc
     finally:
@@ -184,23 +188,15 @@ def _torn_or_bad(report: ReadReport, where: str, line: bytes, exc: Exception, sk
     warnings.warn(
         f"{where}: last line is an incomplete record (a writer stopped mid-line); skipped",
         TornLineWarning,
-        stacklevel=5,
+        stacklevel=6,
     )
 
 
-def batches(
-    path: str | os.PathLike[str],
-    *,
-    split: str | None = None,
-    max_tokens: int = convert.ORIGINAL_MAX_TOKENS,
-    report: ReadReport | None = None,
-    skip_bad_lines: bool = False,
+def _parsed(
+    path: Path, fmt: Format, report: ReadReport, skip: bool
 ) -> Iterator[tuple[list[int], list[Any]]]:
-    """(line numbers, parsed lines) of one file in this project's schema (not yet validated)."""
-    path = Path(path)
-    fmt = detect_format(path)
-    report = report or ReadReport([str(path)], fmt)
-    as_split = split if split in ("train", "eval") else "train"
+    """(line numbers, parsed lines) of one file, ``BATCH`` bytes at a time: JSON values, or the
+    CSV's rows as dicts of their header's names."""
     header: list[str] | None = None
     numbers: list[int] = []
     objs: list[Any] = []
@@ -208,41 +204,36 @@ def batches(
     for first, block, newlines in _blocks(path):
         size += len(block)
         if fmt != "original-csv":
-            body = block[:-1] if newlines else block  # a block ends with its newline
-            span = range(first, first + max(newlines, 1))
+            text = block.replace(b"\n", b",")
+            text[-1:] = b"]" if newlines else text[-1:] + b"]"  # the last newline, or a torn line
             try:
-                parsed = loads(b"[" + body.replace(b"\n", b",") + b"]")
-                if fmt == "original-log" and len(parsed) == len(span):
-                    parsed = [
-                        convert.from_original_log(obj, f"{path}:{n}", as_split, max_tokens)
-                        for n, obj in zip(span, parsed, strict=True)
-                    ]
-            except (JSONDecodeError, UnicodeDecodeError, RecordError):
+                parsed = loads(text)
+            except (JSONDecodeError, UnicodeDecodeError):
                 parsed = []
-            if len(parsed) == len(span):  # one value per line
-                numbers += span
+            if len(parsed) == max(newlines, 1):  # one value per line
+                numbers += range(first, first + len(parsed))
                 objs += parsed
                 block = b""  # done; else a bad, blank or torn line: line by line below
-        lines = [part + b"\n" for part in block.split(b"\n")]  # "\n" ends a line, nothing else
+        lines = [
+            part + b"\n" for part in bytes(block[1:]).split(b"\n")
+        ]  # "\n" ends a line, nothing else
         lines[-1] = lines[-1][:-1]  # after the last newline: b"" or a torn line
         for number, line in enumerate(lines, first):
             if not line.strip():
                 continue
-            where = f"{path}:{number}"
             try:
-                if fmt == "project":
+                if fmt != "original-csv":
                     obj = loads(line)
-                elif fmt == "original-log":
-                    obj = convert.from_original_log(loads(line), where, as_split, max_tokens)
-                elif header is None:
-                    header = convert.csv_header(line.decode("utf-8"), where)
-                    continue
                 else:
-                    obj = convert.from_csv_row(
-                        header, line.decode("utf-8"), where, report.conversion, as_split, max_tokens
-                    )
-            except (RecordError, JSONDecodeError, UnicodeDecodeError) as exc:
-                _torn_or_bad(report, where, line, exc, skip_bad_lines)
+                    values = [v.strip() for v in next(csv.reader([line.decode("utf-8")]))]
+                    if header is None:
+                        header = values
+                        continue
+                    if len(values) != len(header):
+                        raise RecordError(f"{len(values)} fields, the header has {len(header)}")
+                    obj = dict(zip(header, values, strict=True))
+            except (RecordError, JSONDecodeError, UnicodeDecodeError, csv.Error) as exc:
+                _torn_or_bad(report, f"{path}:{number}", line, exc, skip)
                 continue
             numbers.append(number)
             objs.append(obj)
@@ -253,15 +244,52 @@ def batches(
         yield numbers, objs
 
 
+def batches(
+    path: str | os.PathLike[str],
+    *,
+    split: str | None = None,
+    max_tokens: int = convert.ORIGINAL_MAX_TOKENS,
+    report: ReadReport | None = None,
+    skip_bad_lines: bool = False,
+) -> Iterator[tuple[list[int], list[Any] | dict[str, Sequence[Any]]]]:
+    """(line numbers, records) of one file, not yet validated: this project's parsed lines, or
+    the original formats' rows converted a batch at a time (as columns, ``convert.columns``)."""
+    path = Path(path)
+    fmt = detect_format(path)
+    report = report or ReadReport([str(path)], fmt)
+    as_split = split if split in SPLITS else "train"
+    for numbers, objs in _parsed(path, fmt, report, skip_bad_lines):
+        if fmt == "project":
+            yield numbers, objs
+            continue
+        try:
+            yield numbers, convert.columns(fmt, objs, report.conversion, as_split, max_tokens)
+            continue
+        except RecordError:
+            good = []
+            for i, (number, obj) in enumerate(zip(numbers, objs, strict=True)):
+                try:  # the failing lines, one at a time
+                    convert.columns(fmt, [obj], convert.Conversion(), as_split, max_tokens)
+                    good.append(i)
+                except RecordError as exc:
+                    _torn_or_bad(report, f"{path}:{number}", b"", exc, skip_bad_lines)
+        if good:
+            numbers, objs = [numbers[i] for i in good], [objs[i] for i in good]
+            yield numbers, convert.columns(fmt, objs, report.conversion, as_split, max_tokens)
+
+
+def _rows(col: dict[str, Sequence[Any]]) -> Iterator[dict[str, Any]]:
+    """The records of a batch of columns."""
+    return map(dict, map(zip, repeat(col), zip(*col.values(), strict=True)))
+
+
 def records(path: str | os.PathLike[str], **options: Any) -> Iterator[tuple[int, Any]]:
-    """(line number, parsed line) of every record of one file: ``batches`` one by one."""
+    """(line number, record) of every record of one file: ``batches`` one by one."""
     for numbers, objs in batches(path, **options):
-        yield from zip(numbers, objs, strict=True)
+        yield from zip(numbers, _rows(objs) if isinstance(objs, dict) else objs, strict=True)
 
 
-# Every field but the texts, which are type-checked and never kept.
-_KEPT = tuple(name for name in RECORD_FIELDS if name not in ("question", "completion"))
-_GET, _TEXTS = itemgetter(*_KEPT), (itemgetter("question"), itemgetter("completion"))
+_GET = itemgetter(*RECORD_FIELDS)
 _NUMBER = {int, float}
 _EXACT_TYPES = {int: {int}, float: _NUMBER, str: {str}, bool: {bool}}  # JSON's own types
 
@@ -276,7 +304,7 @@ def _all_valid(col: dict[str, Sequence[Any]]) -> bool:
             if not set(col[name]) <= set(allowed):
                 return False
         for name, types in TYPES.items():
-            if name in col and not set(map(type, col[name])) <= _EXACT_TYPES[types[-1]]:
+            if not set(map(type, col[name])) <= _EXACT_TYPES[types[-1]]:
                 return False
         for name, (low, high) in RANGES.items():
             values = np.asarray(col[name], dtype=np.float64)
@@ -306,9 +334,9 @@ def _all_valid(col: dict[str, Sequence[Any]]) -> bool:
     return bool(np.all(np.isfinite(np.asarray(col["length"], dtype=np.float64))))
 
 
-def _raise_first_invalid(objs: Sequence[Any], numbers: Sequence[int], path: Path) -> None:
+def _raise_first_invalid(objs: Iterable[Any], numbers: Sequence[int], path: Path) -> None:
     """The error of the first invalid record, as ``validate_record`` words it."""
-    for obj, number in zip(objs, numbers, strict=True):
+    for obj, number in zip(objs, numbers, strict=False):
         validate_record(obj, f"{path}:{number}")
         if not math.isfinite(obj["length"]):  # JSON admits NaN; validate_record checks the type
             raise RecordError(f"{path}:{number}: field 'length' is not finite: {obj['length']!r}")
@@ -316,7 +344,7 @@ def _raise_first_invalid(objs: Sequence[Any], numbers: Sequence[int], path: Path
 
 
 def _columns(
-    col: dict[str, Sequence[Any]], step: Sequence[int], numbers: Sequence[int], file_no: int
+    col: dict[str, Sequence[Any]], numbers: Sequence[int], file_no: int
 ) -> dict[str, NDArray[Any]]:
     """One batch's columns as arrays; ``reward``'s functions run once per distinct P(YES)."""
     n = len(numbers)
@@ -332,7 +360,7 @@ def _columns(
     return {
         "file": np.full(n, file_no, dtype=np.int64),
         "line": np.asarray(numbers, dtype=np.int64),
-        "step": np.asarray(step, dtype=np.int64),
+        "step": np.asarray(col["step"], dtype=np.int64) if "step" in col else np.full(n, -1),
         "question": np.maximum(np.asarray(col["example_id"], dtype=np.int64), -1),
         "y": y,
         "parseable": np.asarray(col["parseable"], dtype=bool),
@@ -386,32 +414,31 @@ def read_rollouts(
         for numbers, objs in batches(
             path, split=split, report=report, skip_bad_lines=skip_bad_lines
         ):
-            try:
-                rows = list(map(_GET, objs))
-                texts = set(map(type, map(_TEXTS[0], objs))) | set(map(type, map(_TEXTS[1], objs)))
-            except (KeyError, TypeError):
-                texts = set()
-            if texts != {str}:
-                _raise_first_invalid(objs, numbers, path)
-            col = dict(zip(_KEPT, zip(*rows, strict=True), strict=True))
-            step = list(map(dict.get, objs, repeat("step"), repeat(-1)))  # the original CSV's
+            if isinstance(objs, dict):
+                col = objs  # converted from an original format
+            else:
+                try:
+                    col = dict(zip(RECORD_FIELDS, zip(*map(_GET, objs), strict=True), strict=True))
+                except (KeyError, TypeError):  # a missing field, or not a JSON object
+                    _raise_first_invalid(objs, numbers, path)
+                col["step"] = list(
+                    map(dict.get, objs, repeat("step"), repeat(-1))
+                )  # converted CSV's
             if split is not None and set(col["split"]) != {split}:
                 keep = [s == split or s not in SPLITS for s in col["split"]]
                 report.other_split += keep.count(False)
-                if not all(keep):
-                    objs, numbers, step = (list(compress(x, keep)) for x in (objs, numbers, step))
-                    rows = list(compress(rows, keep))
-                    if not rows:
-                        continue
-                    col = dict(zip(_KEPT, zip(*rows, strict=True), strict=True))
+                if not any(keep):
+                    continue
+                col = {name: list(compress(values, keep)) for name, values in col.items()}
+                numbers = list(compress(numbers, keep))
             if not _all_valid(col):
-                _raise_first_invalid(objs, numbers, path)
+                _raise_first_invalid(_rows(col), numbers, path)
             report.max_tokens |= set(col["max_tokens"])
             report.length_units |= set(col["length_unit"])
-            parts.append(_columns(col, step, numbers, file_no))
-            kept += len(rows)
+            parts.append(_columns(col, numbers, file_no))
+            kept += len(numbers)
             if bar is not None:
-                bar.update(len(rows))
+                bar.update(len(numbers))
         if not kept:
             detail = f" of split {split!r}" if split and report.other_split else ""
             raise AnalysisInputError(f"{path}: no valid records{detail}")
