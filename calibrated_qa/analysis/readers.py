@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import gc
 import gzip
-import json
 import math
 import os
 import warnings
@@ -118,8 +117,8 @@ def detect_format(path: str | os.PathLike[str]) -> Format:
         raise AnalysisInputError(f"{path}: empty file (no records)")
     if first.startswith("{"):
         try:
-            obj = json.loads(first)
-        except json.JSONDecodeError as exc:
+            obj = loads(first)
+        except JSONDecodeError as exc:
             raise AnalysisInputError(f"{path}:1: first line is not valid JSON ({exc})") from exc
         for fmt, key in (("project", "schema"), ("original-log", "full_prompt")):
             if isinstance(obj, dict) and key in obj:
@@ -237,9 +236,8 @@ def batches(
     for numbers, objs in _parsed(path, fmt, report, skip_bad_lines):
         if fmt != "project":
             try:
-                yield numbers, convert.columns(fmt, objs, report.conversion, *options)
-                continue
-            except RecordError:  # find the bad rows, one at a time
+                col = convert.columns(fmt, objs, report.conversion, *options)
+            except RecordError:  # the bad rows, found one at a time, are skipped or reported
                 good = []
                 for number, obj in zip(numbers, objs, strict=True):
                     try:
@@ -247,9 +245,11 @@ def batches(
                         good.append((number, obj))
                     except RecordError as exc:
                         _torn_or_bad(report, f"{path}:{number}", b"", exc, skip_bad_lines)
-            if good:
+                if not good:
+                    continue
                 numbers, objs = map(list, zip(*good, strict=True))
-                yield numbers, convert.columns(fmt, objs, report.conversion, *options)
+                col = convert.columns(fmt, objs, report.conversion, *options)
+            yield numbers, col
             continue
         try:
             col = dict(zip(RECORD_FIELDS, zip(*map(_GET, objs), strict=True), strict=True))
@@ -261,7 +261,7 @@ def batches(
             report.other_split += keep.count(False)
             col = {name: list(compress(values, keep)) for name, values in col.items()}
             numbers = list(compress(numbers, keep))
-        if not _all_valid(col):
+        if numbers and not _all_valid(col):
             _raise_first_invalid(_rows(col), numbers, path)
         if numbers:
             yield numbers, col
