@@ -108,31 +108,28 @@ def open_binary(path: Path) -> BinaryIO:
 
 def detect_format(path: str | os.PathLike[str]) -> Format:
     """The format of one file, from its first non-blank line; a clear error when unknown/empty."""
-    path = Path(path)
-    if not path.is_file():
+    if not (path := Path(path)).is_file():
         raise AnalysisInputError(f"{path}: no such file")
     with open_binary(path) as stream:
         first = next((line for line in stream if line.strip()), b"").decode("utf-8", "replace")
     if not (first := first.strip()):
         raise AnalysisInputError(f"{path}: empty file (no records)")
-    if first.startswith("{"):
-        try:
-            obj = loads(first)
-        except JSONDecodeError as exc:
-            raise AnalysisInputError(f"{path}:1: first line is not valid JSON ({exc})") from exc
-        for fmt, key in (("project", "schema"), ("original-log", "full_prompt")):
-            if isinstance(obj, dict) and key in obj:
-                return fmt  # type: ignore[return-value]
-        keys = ", ".join(sorted(obj)[:12]) if isinstance(obj, dict) else type(obj).__name__
+    if not first.startswith("{"):
+        if set(convert.CSV_FIELDS) <= {name.strip() for name in first.split(",")}:
+            return "original-csv"
         raise AnalysisInputError(
-            f"{path}: unknown format: JSON lines with keys ({keys}); expected this project's "
-            "generation log (has 'schema') or the original recipe's log (has 'full_prompt')"
+            f"{path}: unknown format: first line {first[:80]!r} is neither a JSON object nor the "
+            f"per-rollout CSV header ({','.join(convert.CSV_FIELDS)})"
         )
-    if set(convert.CSV_FIELDS) <= {name.strip() for name in first.split(",")}:
-        return "original-csv"
+    try:
+        keys = sorted(loads(first))  # a JSON object: the line starts with "{"
+    except JSONDecodeError as exc:
+        raise AnalysisInputError(f"{path}:1: first line is not valid JSON ({exc})") from exc
+    if "schema" in keys or "full_prompt" in keys:
+        return "project" if "schema" in keys else "original-log"
     raise AnalysisInputError(
-        f"{path}: unknown format: first line {first[:80]!r} is neither a JSON object nor the "
-        f"per-rollout CSV header ({','.join(convert.CSV_FIELDS)})"
+        f"{path}: unknown format: JSON lines with keys ({', '.join(keys[:12])}); expected this "
+        "project's generation log (has 'schema') or the original recipe's log (has 'full_prompt')"
     )
 
 
