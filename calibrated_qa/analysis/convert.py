@@ -145,10 +145,10 @@ def columns(
         p = [None if c else v for v, c in zip(p, certain, strict=True)]
     pct, answer, correct, brier, calibration = zip(*map(_scores, p, label), strict=True)
     if log:
-        prompts = list(map(str, source["full_prompt"]))
-        question = {prompt: question_from_prompt(prompt) for prompt in set(prompts)}
-        ids = {prompt: question_id(text) for prompt, text in question.items()}
-        example_id, question = [ids[t] for t in prompts], [question[t] for t in prompts]
+        # per prompt: its question is near its end, a prompt's hash would read all of it
+        question = list(map(question_from_prompt, map(str, source["full_prompt"])))
+        ids = {text: question_id(text) for text in set(question)}
+        example_id = list(map(ids.__getitem__, question))
         completion = source["full_completion"]
         if set(map(type, completion)) != {str}:
             completion = list(map(str, completion))
