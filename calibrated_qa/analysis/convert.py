@@ -43,20 +43,17 @@ class Conversion:
     ambiguous: int = 0  # CSV rows that may be unparseable
 
     def notes(self, fmt: str) -> list[str]:
-        notes = [
+        csv = (
+            "the original CSV's parseable column is 1 on every row (p_yes was defaulted to "
+            f"0.5); {self.certain_unparseable} rows with p_yes = 0.5 and reward < "
+            f"{CSV_UNPARSEABLE_BELOW} are certainly unparseable and counted so; {self.ambiguous} "
+            "rows with p_yes = 0.5 and reward in [-0.25, 0] may be either and are counted parseable"
+        )
+        answer = (
             f"the {fmt} format records no answer word: answer = YES iff P(YES) > 0.5 "
             "(a stated 50% counts as NO), confidence = probability of that answer"
-        ]
-        if fmt == "original-csv":
-            notes.insert(
-                0,
-                "the original CSV's parseable column is 1 on every row (p_yes was defaulted to "
-                f"0.5); {self.certain_unparseable} rows with p_yes = 0.5 and reward < "
-                f"{CSV_UNPARSEABLE_BELOW} are certainly unparseable and counted so; "
-                f"{self.ambiguous} rows with p_yes = 0.5 and reward in [-0.25, 0] may be either "
-                "and are counted parseable",
-            )
-        return notes
+        )
+        return [csv, answer] if fmt == "original-csv" else [answer]
 
 
 def question_from_prompt(full_prompt: str) -> str:
@@ -114,9 +111,9 @@ def columns(
     max_tokens: int = ORIGINAL_MAX_TOKENS,
 ) -> dict[str, Sequence[Any]]:
     """The record columns of a batch of source rows (the log's JSON objects, the CSV's rows as
-    dicts), with every value checked: the reward's functions run once per distinct (P(YES),
-    truth), the prompt's parsing and hash once per distinct prompt. A ``RecordError`` names the
-    field; ``counts`` changes only when the whole batch converts."""
+    dicts), every value checked: the reward's functions run once per distinct (P(YES), truth),
+    the question's hash once per distinct question. A ``RecordError`` names the field;
+    ``counts`` changes only when the whole batch converts."""
     log, n = fmt == "original-log", len(rows)
     if set(map(type, rows)) != {dict}:
         kind = next(type(row).__name__ for row in rows if type(row) is not dict)
@@ -145,7 +142,7 @@ def columns(
         p = [None if c else v for v, c in zip(p, certain, strict=True)]
     pct, answer, correct, brier, calibration = zip(*map(_scores, p, label), strict=True)
     if log:
-        # per prompt: its question is near its end, a prompt's hash would read all of it
+        # each prompt's question, read from its end: a prompt's hash would read all of it
         question = list(map(question_from_prompt, map(str, source["full_prompt"])))
         ids = {text: question_id(text) for text in set(question)}
         example_id = list(map(ids.__getitem__, question))
@@ -155,12 +152,9 @@ def columns(
         penalty = source["length_penalty"]
         length = _numbers(source["approx_tokens"], "approx_tokens")
     else:  # the length penalty, when not recorded, is what the calibration term leaves
-        ids = [row.get("question_id") or NO_IDENTITY for row in rows]
-        example_id, question, completion = (
-            _numbers(ids, "question_id", kind=int),
-            [""] * n,
-            [""] * n,
-        )
+        ids = [row.get("question_id") or NO_IDENTITY for row in rows]  # this project's CSV's
+        example_id = _numbers(ids, "question_id", kind=int)
+        question, completion = [""] * n, [""] * n
         derived = map(float.__sub__, rewards, calibration)
         penalty = [row.get("length_penalty") or d for row, d in zip(rows, derived, strict=True)]
         length = _numbers([row.get("length") or NOT_RECORDED for row in rows], "length")
