@@ -127,7 +127,7 @@ def columns(
     truth = {text: text.strip().lower() for text in set(texts)}
     if bad := [text for text, value in truth.items() if value not in ("true", "false", "1", "0")]:
         raise RecordError(f"field 'ground_truth' must be true/false, got {bad[0]!r}")
-    label = [truth[text] in ("true", "1") for text in texts]
+    label = list(map({text: value in ("true", "1") for text, value in truth.items()}.get, texts))
     rewards = _numbers(source["reward"], "reward", RANGES["reward"])
     if log:  # p_yes is 0.5 when unparseable: p_yes_extracted is null then
         pairs = zip(source["parseable"], source["p_yes_extracted"], strict=True)
@@ -140,6 +140,7 @@ def columns(
     if not log:  # a 50% with a reward below any parseable 50%'s is certainly unparseable
         certain = [v == 0.5 and r < CSV_UNPARSEABLE_BELOW for v, r in zip(p, rewards, strict=True)]
         p = [None if c else v for v, c in zip(p, certain, strict=True)]
+        parse = [v is not None for v in p]
     pct, answer, correct, brier, calibration = zip(*map(_scores, p, label), strict=True)
     if log:
         # each prompt's question, read from its end: a prompt's hash would read all of it
@@ -161,9 +162,9 @@ def columns(
     columns = {
         "schema": [SCHEMA_VERSION] * n, "time": [0.0] * n, "pid": [0] * n, "example_id": example_id,
         "split": [split] * n, "question": question,
-        "ground_truth": ["true" if v else "false" for v in label], "completion": completion,
-        "p_yes": p, "pct": pct, "answer": answer,
-        "parseable": [v is not None for v in p], "correct": correct, "brier": brier,
+        "ground_truth": list(map(("false", "true").__getitem__, label)), "completion": completion,
+        "p_yes": p, "pct": pct, "answer": answer, "parseable": parse, "correct": correct,
+        "brier": brier,
         "calibration_reward": calibration,
         "length_penalty": _numbers(penalty, "length_penalty", RANGES["length_penalty"]),
         "reward": rewards, "length": length, "length_unit": ["chars"] * n,

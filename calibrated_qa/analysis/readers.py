@@ -323,7 +323,7 @@ def _arrays(col: dict[str, Sequence[Any]], numbers: list[int], file: int) -> dic
     """One batch's columns as arrays; ``reward``'s functions run once per distinct P(YES)."""
     n = len(numbers)
     p = np.array([math.nan if v is None else v for v in col["p_yes"]], dtype=np.float64)
-    y = np.array(col["ground_truth"]) == "true"
+    y = np.array([truth == "true" for truth in col["ground_truth"]], dtype=bool)
     values, inverse = np.unique(p, return_inverse=True)
     listed = [None if math.isnan(v) else v for v in values.tolist()]
     yes = np.array([is_correct(v, True) for v in listed], dtype=bool)[inverse]
