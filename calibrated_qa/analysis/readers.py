@@ -252,7 +252,9 @@ def batches(
             col = dict(zip(RECORD_FIELDS, zip(*map(_GET, objs), strict=True), strict=True))
         except (KeyError, TypeError):  # a missing field, or not a JSON object
             _raise_first_invalid(objs, numbers, path)
-        col["step"] = list(map(dict.get, objs, repeat("step"), repeat(-1)))  # a converted CSV's
+        steps = list(map(dict.get, objs, repeat("step"), repeat(-1)))  # a converted CSV's own
+        if steps.count(-1) < len(steps):
+            col["step"] = steps
         if split is not None and set(col["split"]) != {split}:
             keep = [s == split or s not in SPLITS for s in col["split"]]
             report.other_split += keep.count(False)
@@ -265,7 +267,7 @@ def batches(
 
 
 def _rows(col: dict[str, Sequence[Any]]) -> Iterator[dict[str, Any]]:
-    return map(dict, map(zip, repeat(col), zip(*col.values(), strict=True)))
+    return (dict(zip(col, values, strict=True)) for values in zip(*col.values(), strict=True))
 
 
 def records(path: str | os.PathLike[str], **options: Any) -> Iterator[tuple[int, dict]]:
