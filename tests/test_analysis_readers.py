@@ -7,6 +7,7 @@ import json
 import math
 import subprocess
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -241,19 +242,24 @@ def test_nan_free_columns_for_parseable_rollouts(tmp_path: Path) -> None:
     assert not math.isnan(float(r.length.mean()))
 
 
-def test_converted_file_reads_as_this_projects_log_with_the_same_metrics(tmp_path: Path) -> None:
+def test_converted_file_reads_as_this_projects_log_column_for_column(tmp_path: Path) -> None:
     rollouts = run(n_steps=2, questions=4, rollouts=4)
     for source in (
         write_original(tmp_path / "o.jsonl", rollouts),
+        write_original(tmp_path / "o.jsonl.gz", rollouts, gz=True),
         write_csv(tmp_path / "c.csv", rollouts, batch_size=16),
     ):
-        out = tmp_path / (source.stem + ".converted.jsonl")
+        out = tmp_path / (source.name + ".converted.jsonl")
         assert convert_main([str(source), "--out", str(out)]) == 0
         direct, _ = read_rollouts([source], progress=False)
-        converted, report = read_rollouts([out], progress=False)
+        converted, report = read_rollouts([out], progress=False)  # validated as this schema
         assert report.fmt == "project" and report.max_tokens == {512}
-        np.testing.assert_array_equal(direct.step, converted.step)
-        np.testing.assert_array_equal(direct.question, converted.question)
+        for column in fields(direct):
+            if column.name != "fmt":
+                a, b = getattr(direct, column.name), getattr(converted, column.name)
+                if column.name == "line" and source.suffix == ".csv":
+                    a = a - 1  # the CSV's header line
+                np.testing.assert_array_equal(a, b, err_msg=f"{source.name}: {column.name}")
         for name, value in summarize(direct).items():
             assert summarize(converted)[name] == pytest.approx(value, nan_ok=True), name
     # the converted CSV keeps its own step column, checked against the batch size
@@ -279,3 +285,49 @@ def test_records_longer_than_a_read_block_and_blank_lines(tmp_path: Path) -> Non
     r, report = read_rollouts([path], progress=False)
     assert len(r) == len(records) and report.n_records == len(records)
     assert r.line.tolist() == [1, 2, 3, 4, 5, *range(8, 8 + len(records) - 5)]
+
+
+@pytest.mark.parametrize("fmt", ["log", "csv"])
+def test_a_bad_original_row_names_its_line_and_field_or_is_skipped(
+    tmp_path: Path, fmt: str
+) -> None:
+    rollouts = run(n_steps=1)
+    if fmt == "log":
+        path = write_original(tmp_path / "o.jsonl", rollouts)
+        lines = path.read_text().splitlines(True)
+        bad = json.loads(lines[4])
+        del bad["approx_tokens"]
+        lines[4] = json.dumps(bad) + "\n"
+        lines[9] = json.dumps(json.loads(lines[9]) | {"reward": "high"}) + "\n"
+        expected = ["missing field(s) approx_tokens", "field 'reward'"]
+    else:
+        path = write_csv(tmp_path / "c.csv", rollouts, batch_size=16)
+        lines = path.read_text().splitlines(True)  # line 1 is the header
+        lines[4] = lines[4].replace("True", "maybe").replace("False", "maybe")
+        lines[9] = ",".join([*lines[9].split(",")[:4], "abc", *lines[9].split(",")[5:]])
+        expected = ["field 'ground_truth' must be true/false", "field 'p_yes'"]
+    path.write_text("".join(lines))
+    with pytest.raises(AnalysisInputError, match=rf"{path.name}:5: malformed line") as raised:
+        read_rollouts([path], progress=False)
+    assert expected[0] in str(raised.value)
+    path.write_text("".join(lines[:4] + lines[5:]))
+    with pytest.raises(AnalysisInputError, match=rf"{path.name}:9: malformed line") as raised:
+        read_rollouts([path], progress=False)
+    assert expected[1] in str(raised.value)
+    path.write_text("".join(lines))
+    r, report = read_rollouts([path], skip_bad_lines=True, progress=False)
+    assert report.skipped_lines == [f"{path}:5", f"{path}:10"] and len(r) == len(rollouts) - 2
+    out = tmp_path / "converted.jsonl"  # the converter refuses it the same way
+    done = subprocess.run(
+        [sys.executable, "-m", "calibrated_qa.analysis.convert", str(path), "--out", str(out)],
+        capture_output=True, text=True, cwd=REPO, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2 and f"{path}:5" in done.stderr and expected[0] in done.stderr
+
+
+def test_a_file_of_the_other_split_only_is_an_error(tmp_path: Path) -> None:
+    rollouts = [Rollout(i, f"held out {i}", True, "YES", split="eval") for i in range(3)]
+    path = write_project(tmp_path / "p.jsonl", rollouts)
+    with pytest.raises(AnalysisInputError, match="no valid records of split 'train'"):
+        read_rollouts([path], split="train", progress=False)
+    assert len(read_rollouts([path], split="eval", progress=False)[0]) == 3

@@ -1,19 +1,18 @@
 """Read a generation log into numpy columns, validating at the edge.
 
-One schema (``calibrated_qa.records``); the original formats are converted first (``convert``).
-Completion texts are never kept, so memory does not grow with completion length.
+One schema (``calibrated_qa.records``); the original formats are converted a batch at a time
+(``convert.columns``). Completion texts are never kept: memory does not grow with their length.
 """
 
 from __future__ import annotations
 
+import csv
 import gc
 import gzip
-import json
 import math
 import os
 import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from itertools import compress, repeat
 from json import JSONDecodeError
@@ -24,21 +23,15 @@ from typing import Any, BinaryIO, Literal
 import numpy as np
 from numpy.typing import NDArray
 
+from calibrated_qa import records as schema  # its tables (_ENUMS, ...) define a valid record
 from calibrated_qa.analysis import convert
-from calibrated_qa.records import _ENUMS as ENUMS  # the schema's tables, defined once there
-from calibrated_qa.records import _RANGES as RANGES
-from calibrated_qa.records import _TYPES as TYPES
-from calibrated_qa.records import (
-    RECORD_FIELDS,
-    SCHEMA_VERSION,
-    SPLITS,
-    RecordError,
-    validate_record,
-)
+from calibrated_qa.records import RECORD_FIELDS, SPLITS, RecordError, validate_record
 from calibrated_qa.reward import answer_confidence, is_correct
 
 Format = Literal["project", "original-log", "original-csv"]
 GZIP_MAGIC = b"\x1f\x8b"
+BLOCK = 1 << 16  # bytes parsed by one ``loads`` call (small blocks stay in the CPU cache)
+BATCH = 1 << 22  # bytes of records validated together: memory is flat in the log's size
 try:  # orjson parses a log ~2x faster than json; both raise a json.JSONDecodeError subclass
     from orjson import loads
 except ImportError:  # pragma: no cover - orjson is a dependency; plain json still reads a log
@@ -108,63 +101,55 @@ class Rollouts:
 def open_binary(path: Path) -> BinaryIO:
     """The decoded byte stream of a file: gzip is recognised by its magic bytes, not its name."""
     raw = open(path, "rb")  # noqa: SIM115 - closed with the stream (GzipFile closes it too)
-    if raw.read(2) != GZIP_MAGIC:
-        raw.seek(0)
-        return raw
+    gzipped = raw.read(2) == GZIP_MAGIC
     raw.seek(0)
-    return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
+    return gzip.GzipFile(fileobj=raw, mode="rb") if gzipped else raw  # type: ignore[return-value]
 
 
 def detect_format(path: str | os.PathLike[str]) -> Format:
     """The format of one file, from its first non-blank line; a clear error when unknown/empty."""
-    path = Path(path)
-    if not path.is_file():
+    if not (path := Path(path)).is_file():
         raise AnalysisInputError(f"{path}: no such file")
     with open_binary(path) as stream:
-        first = next((line for line in stream if line.strip()), b"")
-    first = first.decode("utf-8", "replace").strip()
-    if not first:
+        first = next((line for line in stream if line.strip()), b"").decode("utf-8", "replace")
+    if not (first := first.strip()):
         raise AnalysisInputError(f"{path}: empty file (no records)")
-    if first.startswith("{"):
-        try:
-            obj = json.loads(first)
-        except json.JSONDecodeError as exc:
-            raise AnalysisInputError(f"{path}:1: first line is not valid JSON ({exc})") from exc
-        if isinstance(obj, dict) and "schema" in obj:
-            return "project"
-        if isinstance(obj, dict) and "full_prompt" in obj:
-            return "original-log"
-        keys = ", ".join(sorted(obj)[:12]) if isinstance(obj, dict) else type(obj).__name__
+    if not first.startswith("{"):
+        if set(convert.CSV_FIELDS) <= {name.strip() for name in first.split(",")}:
+            return "original-csv"
         raise AnalysisInputError(
-            f"{path}: unknown format: JSON lines with keys ({keys}); expected this project's "
-            "generation log (has 'schema') or the original recipe's log (has 'full_prompt')"
+            f"{path}: unknown format: first line {first[:80]!r} is neither a JSON object nor the "
+            f"per-rollout CSV header ({','.join(convert.CSV_FIELDS)})"
         )
-    if set(convert.CSV_FIELDS) <= {name.strip() for name in first.split(",")}:
-        return "original-csv"
+    try:
+        keys = sorted(loads(first))  # a JSON object: the line starts with "{"
+    except JSONDecodeError as exc:
+        raise AnalysisInputError(f"{path}:1: first line is not valid JSON ({exc})") from exc
+    if "schema" in keys or "full_prompt" in keys:
+        return "project" if "schema" in keys else "original-log"
     raise AnalysisInputError(
-        f"{path}: unknown format: first line {first[:80]!r} is neither a JSON object nor the "
-        f"per-rollout CSV header ({','.join(convert.CSV_FIELDS)})"
+        f"{path}: unknown format: JSON lines with keys ({', '.join(keys[:12])}); expected this "
+        "project's generation log (has 'schema') or the original recipe's log (has 'full_prompt')"
     )
 
 
-BLOCK = 1 << 16  # bytes parsed by one ``loads`` call (small blocks stay in the CPU cache)
-BATCH = 1 << 22  # bytes of records validated together: memory is flat in the log's size
-
-
-def _blocks(path: Path) -> Iterator[tuple[int, bytes, int]]:
-    """(first line number, whole lines, newlines) of a file, about ``BLOCK`` bytes at a time."""
+def _blocks(path: Path) -> Iterator[tuple[int, bytearray, int]]:
+    """(first line number, "[" + whole lines, newlines) of a file, about ``BLOCK`` bytes at a
+    time; the "[" lets the lines, joined by ",", parse as one JSON array after a single copy."""
     stream, first, rest = open_binary(path), 1, b""
     try:
         while data := stream.read(BLOCK):
-            data = rest + data
-            cut = data.rfind(b"\n") + 1
-            block, rest = data[:cut], data[cut:]
-            if block:
-                newlines = block.count(b"\n")
-                yield first, block, newlines
-                first += newlines
+            if not (cut := data.rfind(b"\n") + 1):
+                rest += data
+                continue
+            block = bytearray(b"[") + rest
+            block += memoryview(data)[:cut]
+            rest = data[cut:]
+            newlines = int(np.count_nonzero(np.frombuffer(block, np.uint8) == 10))  # 2x .count
+            yield first, block, newlines
+            first += newlines
         if rest:
-            yield first, rest, 0
+            yield first, bytearray(b"[") + rest, 0
     except (OSError, EOFError) as exc:
         raise AnalysisInputError(f"{path}: cannot read ({exc})") from exc
     finally:
@@ -179,13 +164,54 @@ def _torn_or_bad(report: ReadReport, where: str, line: bytes, exc: Exception, sk
                 "pass --skip-bad-lines to skip such lines and count them"
             ) from exc
         report.skipped_lines.append(where)
-        return
-    report.torn_lines.append(where)
-    warnings.warn(
-        f"{where}: last line is an incomplete record (a writer stopped mid-line); skipped",
-        TornLineWarning,
-        stacklevel=5,
-    )
+    else:
+        report.torn_lines.append(where)
+        message = f"{where}: last line is an incomplete record (a writer stopped mid-line); skipped"
+        warnings.warn(message, TornLineWarning, stacklevel=5)
+
+
+def _parsed(path: Path, fmt: Format, report: ReadReport, skip: bool) -> Iterator[tuple[list, list]]:
+    """(line numbers, parsed lines) of one file, ``BATCH`` bytes at a time: JSON values, or the
+    CSV's rows as dicts keyed by its header."""
+    header, numbers, objs, size = None, [], [], 0
+    for first, block, newlines in _blocks(path):
+        size += len(block)
+        if fmt != "original-csv":
+            text = block.replace(b"\n", b",")
+            text[-1:] = b"]" if newlines else text[-1:] + b"]"  # the last newline, or a torn line
+            try:
+                parsed = loads(text)
+            except (JSONDecodeError, UnicodeDecodeError):
+                parsed = []
+            if len(parsed) == max(newlines, 1):  # one value per line
+                numbers += range(first, first + len(parsed))
+                objs += parsed
+                block = bytearray(b"[")  # done; else a bad, blank or torn line: one by one below
+        lines = [part + b"\n" for part in bytes(block[1:]).split(b"\n")]  # only "\n" ends a line
+        lines[-1] = lines[-1][:-1]  # after the last newline: b"" or a torn line
+        for number, line in enumerate(lines, first):
+            try:
+                if not line.strip():
+                    continue
+                if fmt != "original-csv":
+                    objs.append(loads(line))
+                    numbers.append(number)
+                    continue
+                values = [value.strip() for value in next(csv.reader([line.decode("utf-8")]))]
+                if header is None:
+                    header = values
+                elif len(values) != len(header):
+                    raise RecordError(f"{len(values)} fields, the header has {len(header)}")
+                else:
+                    objs.append(dict(zip(header, values, strict=True)))
+                    numbers.append(number)
+            except (RecordError, JSONDecodeError, UnicodeDecodeError, csv.Error) as exc:
+                _torn_or_bad(report, f"{path}:{number}", line, exc, skip)
+        if size >= BATCH and objs:
+            yield numbers, objs
+            numbers, objs, size = [], [], 0
+    if objs:
+        yield numbers, objs
 
 
 def batches(
@@ -195,133 +221,111 @@ def batches(
     max_tokens: int = convert.ORIGINAL_MAX_TOKENS,
     report: ReadReport | None = None,
     skip_bad_lines: bool = False,
-) -> Iterator[tuple[list[int], list[Any]]]:
-    """(line numbers, parsed lines) of one file in this project's schema (not yet validated)."""
+) -> Iterator[tuple[list[int], dict[str, Sequence[Any]]]]:
+    """(line numbers, record columns) of one file's valid records, ``BATCH`` bytes at a time:
+    this project's checked column by column (a failure gets ``validate_record``'s message), the
+    original formats' rows converted by ``convert.columns`` (which checks every value it takes).
+    ``split`` leaves out this project's records of the other split."""
     path = Path(path)
     fmt = detect_format(path)
     report = report or ReadReport([str(path)], fmt)
-    as_split = split if split in ("train", "eval") else "train"
-    header: list[str] | None = None
-    numbers: list[int] = []
-    objs: list[Any] = []
-    size = 0
-    for first, block, newlines in _blocks(path):
-        size += len(block)
-        if fmt != "original-csv":
-            body = block[:-1] if newlines else block  # a block ends with its newline
-            span = range(first, first + max(newlines, 1))
+    options = (split if split in SPLITS else "train", max_tokens)
+    for numbers, objs in _parsed(path, fmt, report, skip_bad_lines):
+        if fmt != "project":
             try:
-                parsed = loads(b"[" + body.replace(b"\n", b",") + b"]")
-                if fmt == "original-log" and len(parsed) == len(span):
-                    parsed = [
-                        convert.from_original_log(obj, f"{path}:{n}", as_split, max_tokens)
-                        for n, obj in zip(span, parsed, strict=True)
-                    ]
-            except (JSONDecodeError, UnicodeDecodeError, RecordError):
-                parsed = []
-            if len(parsed) == len(span):  # one value per line
-                numbers += span
-                objs += parsed
-                block = b""  # done; else a bad, blank or torn line: line by line below
-        lines = [part + b"\n" for part in block.split(b"\n")]  # "\n" ends a line, nothing else
-        lines[-1] = lines[-1][:-1]  # after the last newline: b"" or a torn line
-        for number, line in enumerate(lines, first):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                if fmt == "project":
-                    obj = loads(line)
-                elif fmt == "original-log":
-                    obj = convert.from_original_log(loads(line), where, as_split, max_tokens)
-                elif header is None:
-                    header = convert.csv_header(line.decode("utf-8"), where)
+                col = convert.columns(fmt, objs, report.conversion, *options)
+            except RecordError:  # the bad rows, found one at a time, are skipped or reported
+                good = []
+                for number, obj in zip(numbers, objs, strict=True):
+                    try:
+                        convert.columns(fmt, [obj], convert.Conversion(), *options)
+                        good.append((number, obj))
+                    except RecordError as exc:
+                        _torn_or_bad(report, f"{path}:{number}", b"", exc, skip_bad_lines)
+                if not good:
                     continue
-                else:
-                    obj = convert.from_csv_row(
-                        header, line.decode("utf-8"), where, report.conversion, as_split, max_tokens
-                    )
-            except (RecordError, JSONDecodeError, UnicodeDecodeError) as exc:
-                _torn_or_bad(report, where, line, exc, skip_bad_lines)
-                continue
-            numbers.append(number)
-            objs.append(obj)
-        if size >= BATCH and objs:
-            yield numbers, objs
-            numbers, objs, size = [], [], 0
-    if objs:
-        yield numbers, objs
+                numbers, objs = map(list, zip(*good, strict=True))
+                col = convert.columns(fmt, objs, report.conversion, *options)
+            yield numbers, col
+            continue
+        try:
+            col = dict(zip(RECORD_FIELDS, zip(*map(_GET, objs), strict=True), strict=True))
+        except (KeyError, TypeError):  # a missing field, or not a JSON object
+            _raise_first_invalid(objs, numbers, path)
+        steps = list(map(dict.get, objs, repeat("step"), repeat(-1)))  # a converted CSV's own
+        if steps.count(-1) < len(steps):
+            col["step"] = steps
+        if split is not None and set(col["split"]) != {split}:
+            keep = [s == split or s not in SPLITS for s in col["split"]]
+            report.other_split += keep.count(False)
+            col = {name: list(compress(values, keep)) for name, values in col.items()}
+            numbers = list(compress(numbers, keep))
+        if numbers and not _all_valid(col):
+            _raise_first_invalid(_rows(col), numbers, path)
+        if numbers:
+            yield numbers, col
 
 
-def records(path: str | os.PathLike[str], **options: Any) -> Iterator[tuple[int, Any]]:
-    """(line number, parsed line) of every record of one file: ``batches`` one by one."""
-    for numbers, objs in batches(path, **options):
-        yield from zip(numbers, objs, strict=True)
+def _rows(col: dict[str, Sequence[Any]]) -> Iterator[dict[str, Any]]:
+    return (dict(zip(col, values, strict=True)) for values in zip(*col.values(), strict=True))
 
 
-# Every field but the texts, which are type-checked and never kept.
-_KEPT = tuple(name for name in RECORD_FIELDS if name not in ("question", "completion"))
-_GET, _TEXTS = itemgetter(*_KEPT), (itemgetter("question"), itemgetter("completion"))
-_NUMBER = {int, float}
-_EXACT_TYPES = {int: {int}, float: _NUMBER, str: {str}, bool: {bool}}  # JSON's own types
+def records(path: str | os.PathLike[str], **options: Any) -> Iterator[tuple[int, dict]]:
+    """(line number, record) of every valid record of one file: ``batches`` one by one."""
+    for numbers, col in batches(path, **options):
+        yield from zip(numbers, _rows(col), strict=True)
+
+
+_GET = itemgetter(*RECORD_FIELDS)
+_EXACT = {int: {int}, float: {int, float}, str: {str}, bool: {bool}}  # JSON's own types
+
+
+def _within(values: Sequence[Any], low: float, high: float) -> bool:
+    array = np.asarray(values, dtype=np.float64)  # NaN fails both comparisons
+    return bool(np.all((array >= low) & (array <= high)))
 
 
 def _all_valid(col: dict[str, Sequence[Any]]) -> bool:
     """``validate_record`` over whole columns at once (never looser); a failure's message comes
     from ``validate_record`` itself (``_raise_first_invalid``)."""
     try:
-        if set(col["schema"]) != {SCHEMA_VERSION}:
-            return False
-        for name, allowed in ENUMS.items():
-            if not set(col[name]) <= set(allowed):
-                return False
-        for name, types in TYPES.items():
-            if name in col and not set(map(type, col[name])) <= _EXACT_TYPES[types[-1]]:
-                return False
-        for name, (low, high) in RANGES.items():
-            values = np.asarray(col[name], dtype=np.float64)
-            if not np.all((values >= low) & (values <= high)):
-                return False
         parse = np.asarray(col["parseable"], dtype=bool)
-        if not np.array_equal(parse, [p is not None for p in col["p_yes"]]):
-            return False
-        ok, not_ok = parse.tolist(), (~parse).tolist()
-        if not set(compress(col["answer"], ok)) <= {"YES", "NO"}:
-            return False
-        for name, kind, high in (("pct", {int}, 100), ("p_yes", _NUMBER, 1), ("brier", _NUMBER, 1)):
-            values = list(compress(col[name], ok))
-            if not set(map(type, values)) <= kind:
-                return False
-            array = np.asarray(values, dtype=np.float64)  # NaN fails both comparisons
-            if not np.all((array >= 0) & (array <= high)):
-                return False
-        for name in ("pct", "answer", "brier"):
-            if not set(compress(col[name], not_ok)) <= {None}:
-                return False
+        ok, no = parse.tolist(), (~parse).tolist()
+        pct, p, brier = (list(compress(col[name], ok)) for name in ("pct", "p_yes", "brier"))
         tokens = [t for t in col["completion_tokens"] if t is not None]
-        if not set(map(type, tokens)) <= {int} or min(tokens, default=0) < 0:
-            return False
+        return (
+            set(col["schema"]) == {schema.SCHEMA_VERSION}
+            and all(set(col[name]) <= set(values) for name, values in schema._ENUMS.items())
+            and all(set(map(type, col[k])) <= _EXACT[t[-1]] for k, t in schema._TYPES.items())
+            and all(_within(col[name], *limits) for name, limits in schema._RANGES.items())
+            and np.array_equal(parse, [v is not None for v in col["p_yes"]])
+            and set(compress(col["answer"], ok)) <= {"YES", "NO"}
+            and set(map(type, pct)) <= {int}
+            and set(map(type, p + brier)) <= _EXACT[float]
+            and _within(pct, 0, 100) & _within(p, 0, 1) & _within(brier, 0, 1)
+            and all(set(compress(col[name], no)) <= {None} for name in ("pct", "answer", "brier"))
+            and set(map(type, tokens)) <= {int}
+            and min(tokens, default=0) >= 0
+            and bool(np.all(np.isfinite(np.asarray(col["length"], dtype=np.float64))))
+        )
     except (TypeError, ValueError):  # a list or dict where a scalar belongs
         return False
-    return bool(np.all(np.isfinite(np.asarray(col["length"], dtype=np.float64))))
 
 
-def _raise_first_invalid(objs: Sequence[Any], numbers: Sequence[int], path: Path) -> None:
+def _raise_first_invalid(objs: Iterable[Any], numbers: Sequence[int], path: Path) -> None:
     """The error of the first invalid record, as ``validate_record`` words it."""
-    for obj, number in zip(objs, numbers, strict=True):
+    for obj, number in zip(objs, numbers, strict=False):
         validate_record(obj, f"{path}:{number}")
         if not math.isfinite(obj["length"]):  # JSON admits NaN; validate_record checks the type
             raise RecordError(f"{path}:{number}: field 'length' is not finite: {obj['length']!r}")
     raise AssertionError("a column check failed but no record is invalid")  # pragma: no cover
 
 
-def _columns(
-    col: dict[str, Sequence[Any]], step: Sequence[int], numbers: Sequence[int], file_no: int
-) -> dict[str, NDArray[Any]]:
+def _arrays(col: dict[str, Sequence[Any]], numbers: list[int], file: int) -> dict[str, NDArray]:
     """One batch's columns as arrays; ``reward``'s functions run once per distinct P(YES)."""
     n = len(numbers)
     p = np.array([math.nan if v is None else v for v in col["p_yes"]], dtype=np.float64)
-    y = np.array(col["ground_truth"]) == "true"
+    y = np.array([truth == "true" for truth in col["ground_truth"]], dtype=bool)
     values, inverse = np.unique(p, return_inverse=True)
     listed = [None if math.isnan(v) else v for v in values.tolist()]
     yes = np.array([is_correct(v, True) for v in listed], dtype=bool)[inverse]
@@ -330,9 +334,9 @@ def _columns(
     length = np.asarray(col["length"], dtype=np.float64)
     floats = ("reward", "calibration_reward", "length_penalty", "time")
     return {
-        "file": np.full(n, file_no, dtype=np.int64),
+        "file": np.full(n, file, dtype=np.int64),
         "line": np.asarray(numbers, dtype=np.int64),
-        "step": np.asarray(step, dtype=np.int64),
+        "step": np.asarray(col.get("step", [-1] * n), dtype=np.int64),
         "question": np.maximum(np.asarray(col["example_id"], dtype=np.int64), -1),
         "y": y,
         "parseable": np.asarray(col["parseable"], dtype=bool),
@@ -344,20 +348,6 @@ def _columns(
     } | {name: np.asarray(col[name], dtype=np.float64) for name in floats}
 
 
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Parsed records hold no cycles (reference counting frees them): the cyclic collector's
-    rescans of them would cost ~10% of a read."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
-@_gc_paused()
 def read_rollouts(
     paths: Sequence[str | os.PathLike[str]],
     *,
@@ -376,59 +366,40 @@ def read_rollouts(
     fmt = next(iter(formats.values()))
     report = ReadReport(files=[str(p) for p in paths], fmt=fmt)
     parts: list[dict[str, NDArray[Any]]] = []
-    bar = None
     if progress:
         from tqdm import tqdm  # only for a visible bar: its import costs ~50 ms
-
-        bar = tqdm(unit=" records", disable=None, leave=False)
-    for file_no, path in enumerate(map(Path, paths)):
-        kept = 0
-        for numbers, objs in batches(
-            path, split=split, report=report, skip_bad_lines=skip_bad_lines
-        ):
-            try:
-                rows = list(map(_GET, objs))
-                texts = set(map(type, map(_TEXTS[0], objs))) | set(map(type, map(_TEXTS[1], objs)))
-            except (KeyError, TypeError):
-                texts = set()
-            if texts != {str}:
-                _raise_first_invalid(objs, numbers, path)
-            col = dict(zip(_KEPT, zip(*rows, strict=True), strict=True))
-            step = list(map(dict.get, objs, repeat("step"), repeat(-1)))  # the original CSV's
-            if split is not None and set(col["split"]) != {split}:
-                keep = [s == split or s not in SPLITS for s in col["split"]]
-                report.other_split += keep.count(False)
-                if not all(keep):
-                    objs, numbers, step = (list(compress(x, keep)) for x in (objs, numbers, step))
-                    rows = list(compress(rows, keep))
-                    if not rows:
-                        continue
-                    col = dict(zip(_KEPT, zip(*rows, strict=True), strict=True))
-            if not _all_valid(col):
-                _raise_first_invalid(objs, numbers, path)
-            report.max_tokens |= set(col["max_tokens"])
-            report.length_units |= set(col["length_unit"])
-            parts.append(_columns(col, step, numbers, file_no))
-            kept += len(rows)
-            if bar is not None:
-                bar.update(len(rows))
-        if not kept:
-            detail = f" of split {split!r}" if split and report.other_split else ""
-            raise AnalysisInputError(f"{path}: no valid records{detail}")
-    if bar is not None:
-        bar.close()
+    bar = tqdm(unit=" records", disable=None, leave=False) if progress else None
+    collecting = gc.isenabled()
+    gc.disable()  # parsed lines hold no cycles: the collector's rescans of them cost ~5%
+    try:
+        for file_no, path in enumerate(paths):
+            kept = len(parts)
+            for numbers, col in batches(
+                path, split=split, report=report, skip_bad_lines=skip_bad_lines
+            ):
+                report.max_tokens |= set(col["max_tokens"])
+                report.length_units |= set(col["length_unit"])
+                parts.append(_arrays(col, numbers, file_no))
+                if bar is not None:
+                    bar.update(len(numbers))
+            if kept == len(parts):
+                detail = f" of split {split!r}" if split and report.other_split else ""
+                raise AnalysisInputError(f"{path}: no valid records{detail}")
+    finally:
+        if collecting:
+            gc.enable()
+        if bar is not None:
+            bar.close()
     arrays = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
     report.n_records = len(arrays["line"])
     if fmt != "project":
         if split is not None:
-            report.notes.append(
-                f"the {fmt} format records no split: all records are taken as {split}"
-            )
+            note = f"the {fmt} format records no split: all records are taken as {split}"
+            report.notes.append(note)
         report.notes += report.conversion.notes(fmt)
-    if len(report.length_units) > 1:
-        report.notes.append(f"records mix length units {sorted(report.length_units)}")
-    if len(report.max_tokens) > 1:
-        report.notes.append(f"records mix max_tokens {sorted(report.max_tokens)}")
+    for what, values in (("length units", report.length_units), ("max_tokens", report.max_tokens)):
+        if len(values) > 1:
+            report.notes.append(f"records mix {what} {sorted(values)}")
     return Rollouts(index=np.arange(report.n_records), **arrays, fmt=fmt), report
 
 
