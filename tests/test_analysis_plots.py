@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,6 +19,8 @@ from calibrated_qa.analysis.metrics import step_rows
 from calibrated_qa.analysis.readers import read_rollouts
 from calibrated_qa.analysis.steps import attribute_steps
 from tests.fixtures.analysis.build import Rollout, run, write_project
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -92,3 +98,48 @@ def test_draw_splits_figures_over_two_processes_and_reports_a_failed_one(tmp_pat
     with pytest.raises(RuntimeError, match="child process"):
         plots.draw([figure(4), fails])
     assert (tmp_path / "4.pid").read_text() == str(os.getpid())
+
+
+def _gone(pid: int) -> bool:
+    """No such process, or a zombie waiting for its new parent to reap it."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in "ZX"
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.skipif(
+    sys.platform != "linux", reason="the drawing child dies with its parent on Linux"
+)
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT])
+def test_drawing_child_dies_with_its_parent(tmp_path: Path, signum: int) -> None:
+    """However the analysis ends mid-draw, no drawing process is left writing into its output."""
+    script = f"""
+import os, sys, time
+sys.path.insert(0, {str(REPO)!r})
+from calibrated_qa.analysis import plots
+def figure(name):
+    def draw():
+        open(os.path.join({str(tmp_path)!r}, name), "w").write(str(os.getpid()))
+        time.sleep(60)
+    return draw
+plots.draw([figure("parent"), figure("child")])
+"""
+    process = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        deadline = time.monotonic() + 60
+        while not all((tmp_path / name).is_file() for name in ("parent", "child")):
+            assert process.poll() is None and time.monotonic() < deadline, "draw did not start"
+            time.sleep(0.05)
+        time.sleep(0.1)  # both pids written
+        child = int((tmp_path / "child").read_text())
+        assert child != process.pid == int((tmp_path / "parent").read_text())
+        process.send_signal(signum)
+        assert process.wait(timeout=30) != 0
+        deadline = time.monotonic() + 10
+        while not _gone(child):
+            assert time.monotonic() < deadline, f"drawing child {child} outlived its parent"
+            time.sleep(0.05)
+    finally:
+        process.kill()
+        process.wait()

@@ -8,8 +8,12 @@ splits the figures over two processes.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import math
 import os
+import signal
+import sys
 import textwrap
 import traceback
 from collections.abc import Callable, Sequence
@@ -23,6 +27,7 @@ from calibrated_qa.analysis.metrics import N_BINS, expected_calibration_error, r
 
 PathLike = str | os.PathLike[str]
 TICKS = [0, 0.25, 0.5, 0.75, 1]
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 GRID = {"color": "#b0b0b0", "alpha": 0.2, "linewidth": 0.8, "zorder": 1.5}  # as matplotlib's
 
 
@@ -39,22 +44,35 @@ class Panel:
 
 def draw(figures: Sequence[Callable[[], None]]) -> None:
     """Draw independent figures, every other one in a forked child: matplotlib draws on one core,
-    so two halve the time. The child only draws and exits (it outlives a killed parent by its
-    figures at most); without ``os.fork`` (Windows) all are drawn here."""
+    so two halve the time (docs/analysis.md, "Two cores or one"). The child only draws (no lock
+    of another thread's, e.g. tqdm's monitor, is touched) and dies with its parent, however the
+    parent ends; without ``os.fork``, or if it fails, all are drawn here."""
     import matplotlib.figure  # noqa: F401  (once, before the fork)
 
-    child = os.fork() if hasattr(os, "fork") and len(figures) > 1 else None
+    parent, child = os.getpid(), None
+    if hasattr(os, "fork") and len(figures) > 1:
+        with contextlib.suppress(OSError):
+            child = os.fork()
     if child == 0:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is the parent's to handle
+        if sys.platform == "linux":  # the kernel kills the child when the parent dies
+            ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        code = 1
         try:
-            for figure in figures[1::2]:
-                figure()
+            if os.getppid() == parent:  # else the parent died before prctl took effect
+                for figure in figures[1::2]:
+                    figure()
+                code = 0
         except BaseException:
             traceback.print_exc()
-            os._exit(1)
-        os._exit(0)
+        os._exit(code)
     try:
         for figure in figures if child is None else figures[::2]:
             figure()
+    except BaseException:
+        if child:
+            os.kill(child, signal.SIGKILL)  # its figures are not wanted either
+        raise
     finally:
         status = os.waitpid(child, 0)[1] if child else 0
     if status:
