@@ -5,7 +5,6 @@ tokenisation and token counts."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -101,8 +100,11 @@ def build_model(cache_dir: Path, data_file: Path = DEFAULT_DATA_FILE) -> BuiltMo
         try:
             count = build_into(scratch, data_file)
             (scratch / info.name).write_text(json.dumps({"num_parameters": count}) + "\n")
-            with contextlib.suppress(OSError):  # a concurrent build finished first: keep that
+            try:
                 scratch.rename(target)
+            except OSError:
+                if not info.exists():  # else a concurrent build finished first: keep that
+                    raise
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
     count = json.loads(info.read_text())["num_parameters"]

@@ -155,6 +155,12 @@ async def evaluate(
     return [rollout for group in groups for rollout in group]
 
 
+def _raise_first(results: list[Any]) -> None:
+    """The first exception among ``gather(..., return_exceptions=True)``'s results, raised."""
+    if errors := [r for r in results if isinstance(r, BaseException)]:
+        raise errors[0]
+
+
 class RunResult(NamedTuple):
     """What the orchestrator saw, to compare with the logs and the server's request log."""
 
@@ -176,12 +182,13 @@ async def orchestrate(config: RunConfig, base_url: str, model: str, log_root: st
     try:
         # configs/orchestrator.py resolve_extra_env_kwargs: for training envs only; score_rollouts
         # follows verification.enabled (default true).
-        await asyncio.gather(
+        _raise_first(await asyncio.gather(
             start_env_server(group.envs[0], {"max_seq_len": config.seq_len, "score_rollouts": True},
                              config.env_workers, f"{log_root}/envs/train/{entry.id}"),
             start_env_server(eval_env, {}, config.eval_env_workers,
                              f"{log_root}/envs/eval/{eval_entry.id}"),
-        )  # fmt: skip
+            return_exceptions=True,  # both finish starting before either is stopped
+        ))  # fmt: skip
         train_args = train_sampling_args(config, config.temperature)
         scheduler = Scheduler(group, list(group.get_dataset()), client, model, train_args,
                               config.batch_size, config.rollouts_per_example,
@@ -202,6 +209,6 @@ async def orchestrate(config: RunConfig, base_url: str, model: str, log_root: st
         await scheduler.stop()
         return RunResult(batches, eval_rounds, scheduler.started, scheduler.cancelled,
                          time.perf_counter() - start)  # fmt: skip
-    finally:
-        for env in (group.envs[0], eval_env):
-            await env.stop_server()
+    finally:  # both stopped, even if stopping one fails
+        stopped = [env.stop_server() for env in (group.envs[0], eval_env)]
+        _raise_first(await asyncio.gather(*stopped, return_exceptions=True))
