@@ -278,3 +278,24 @@ def test_eval_split_reports_a_short_round_with_its_n(tmp_path: Path) -> None:
     assert "checkpoint 10 n=3" in summary
     done = analyze_cli(*args, "--strict-eval")
     assert done.returncode == 2 and "--strict-eval" in done.stderr
+
+
+def test_eval_split_of_records_with_their_own_step_names_each_round(tmp_path: Path) -> None:
+    """Records that carry their step (the original CSV, episode files) are eval rounds as they
+    are: each step is a round, and max_steps cuts only training records (the in-flight surplus)."""
+    from tests.fixtures.analysis.build import write_csv
+
+    table = write_csv(tmp_path / "eval.csv", run(n_steps=2), batch_size=16)
+    out = tmp_path / "out"
+    done = analyze_cli(
+        "--generations", table, "--split", "eval", "--max-steps", "1", "--batch-size", "16",
+        "--no-plots", "--bootstrap", "0", "--out", out,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "left out" not in done.stderr
+    with open(out / "metrics_by_step.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["step"], r["n"], r["round"]) for r in rows] == [
+        ("0", "16", "step 0"),
+        ("1", "16", "step 1"),
+    ]

@@ -44,8 +44,8 @@ Example:
 SHAPE_OPTIONS = {
     "--batch-size": "rollouts per training step",
     "--rollouts-per-example": "rollouts per question",
-    "--max-steps": "training steps (default: the config's): records past max_steps x batch_size "
-    "are counted and left out; the final eval round is checkpoint max_steps-1",
+    "--max-steps": "training steps (default: the config's): training records past max_steps x "
+    "batch_size are counted and left out; the final eval round is checkpoint max_steps-1",
     "--eval-size": "records per eval round",
     "--eval-interval": "steps between eval rounds",
     "--eval-rollouts-per-example": "rollouts per question in an eval round",
