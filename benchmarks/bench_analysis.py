@@ -240,7 +240,9 @@ def render(rows: list[dict], repeats: int, load_before: tuple, load_after: tuple
         "(numpy, matplotlib) to the last file written; the interpreter's own start-up is in none.",
         "- metrics: `analyze_calibration.py --no-plots` end to end, in-process (imports, read "
         "and validate every record, step attribution, every metric, two 1,000-resample question "
-        "bootstraps, both CSVs, summary.md). all plots: the same plus the four figures.",
+        "bootstraps, both CSVs, summary.md). all plots: the same plus the four figures, split "
+        f"over two processes (`plots.draw`) on the {len(os.sched_getaffinity(0))} core(s) this "
+        "run could use (one core: `taskset -c 0` before the command; docs/analysis.md).",
         f"- Targets (issue 13, against the json loop): metrics <= 1.5x on every log: "
         f"{verdict[max(ratio['metrics']) <= 1.5]} (worst "
         f"{max(ratio['metrics']):.2f}x, best {min(ratio['metrics']):.2f}x); "
