@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Copied from the calibrated-qa project's shared tools (check_prime_rl_config.sh), unchanged but
-# for this header; it is the offline check of configs against prime-rl's own config classes.
+# for this header and --help; it is the offline check of configs against prime-rl's own config
+# classes.
 # Validate prime-rl TOML configs against prime-rl's own RLConfig classes at the pinned commit,
 # on a machine with no GPU: torch and wandb are stubbed (the config modules only import them).
 #
@@ -10,6 +11,10 @@
 # Usage: PRIME_RL_GIT=... PYDANTIC_CONFIG_GIT=... check_prime_rl_config.sh CONFIG.toml [...]
 # Prints "OK <file>: <key values>" per valid file, "INVALID <file>: <error>" otherwise; exit 1 if any invalid.
 set -euo pipefail
+if [[ ${1:-} == -h || ${1:-} == --help ]]; then
+  sed -n '5,12s/^# \{0,1\}//p' "$0"  # the description and usage above
+  exit 0
+fi
 PRIME_RL_COMMIT=${PRIME_RL_COMMIT:-6cae5cca734d0063951efaf700ca9e4bc39c8677}
 PYDANTIC_CONFIG_COMMIT=${PYDANTIC_CONFIG_COMMIT:-1562882}
 CACHE=${CACHE:-${TMPDIR:-/tmp}/prime-rl-config-check}

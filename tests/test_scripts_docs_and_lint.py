@@ -81,3 +81,10 @@ def test_flag_extraction() -> None:
     line = 'ssh box "cd /root/x && bash run_training.sh --dry-run --wandb online" > log'
     match = next(PROJECT_SCRIPT.finditer(line))
     assert match.group(1) == "run_training.sh"
+
+
+@pytest.mark.parametrize("script", [s for s in SCRIPTS if s != "scripts/common.sh"])
+def test_every_script_answers_help(script: str) -> None:
+    """--help describes the script and exits 0 without doing anything (common.sh is sourced)."""
+    text = help_text(script)
+    assert "usage" in text.lower(), f"{script} --help shows no usage:\n{text}"
