@@ -83,6 +83,27 @@ def test_histogram_counts_start_at_zero_and_equal_values_stay_visible(
     assert list(accuracy.get_xdata()) != list(parse_rate.get_xdata())  # offset
 
 
+def test_count_labels_do_not_overlap_and_legends_stay_off_the_data(
+    tmp_path: Path, figures: list[Any]
+) -> None:
+    """A bin in every tenth (the densest labels) and a 50-step run (the longest curves)."""
+    p = np.repeat(np.arange(10) / 10 + 0.05, 1000)  # 4-digit counts in all ten bins
+    plots.reliability_grid(
+        [[plots.Panel("step 0", p, p > 0.5, p.size)]], tmp_path / "r.png", "t", [("x", "y")]
+    )
+    counts = [t for t in figures[-1].axes[0].texts if t.get_text().isdigit()]
+    assert len(counts) == 10
+    boxes = [t.get_window_extent() for t in counts]
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
+    r, _ = read_rollouts([write_project(tmp_path / "g.jsonl", run(n_steps=50))], progress=False)
+    attribute_steps(r, 16)
+    plots.metric_curves(step_rows(r), tmp_path / "m.png", orchestrator={0: 0.1, 49: 0.9})
+    for ax in figures[-1].axes:
+        legend = ax.get_legend()
+        if legend is not None:
+            assert not legend.get_window_extent().overlaps(ax.get_window_extent())
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="without fork, draw draws in this process")
 def test_draw_splits_figures_over_two_processes_and_reports_a_failed_one(tmp_path: Path) -> None:
     def figure(i: int) -> Callable[[], None]:
