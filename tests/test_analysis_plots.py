@@ -87,14 +87,13 @@ def test_count_labels_do_not_overlap_and_legends_stay_off_the_data(
     tmp_path: Path, figures: list[Any]
 ) -> None:
     """A bin in every tenth (the densest labels) and a 50-step run (the longest curves)."""
-    p = np.repeat(np.arange(10) / 10 + 0.05, 1000)  # 4-digit counts in all ten bins
-    plots.reliability_grid(
-        [[plots.Panel("step 0", p, p > 0.5, p.size)]], tmp_path / "r.png", "t", [("x", "y")]
-    )
-    counts = [t for t in figures[-1].axes[0].texts if t.get_text().isdigit()]
-    assert len(counts) == 10
-    boxes = [t.get_window_extent() for t in counts]
-    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
+    p = np.repeat(np.arange(10) / 10 + 0.05, 10_000)  # 5-digit counts in all ten bins
+    panels = [plots.Panel(f"step {i}", p, p > 0.5, p.size) for i in range(4)]  # narrowest panels
+    plots.reliability_grid([panels], tmp_path / "r.png", "t", [("x", "y")])
+    for ax in figures[-1].axes:
+        boxes = [t.get_window_extent() for t in ax.texts if t.get_text().isdigit()]
+        assert len(boxes) == 10
+        assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
     r, _ = read_rollouts([write_project(tmp_path / "g.jsonl", run(n_steps=50))], progress=False)
     attribute_steps(r, 16)
     plots.metric_curves(step_rows(r), tmp_path / "m.png", orchestrator={0: 0.1, 49: 0.9})
