@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import math
 import os
 import sys
 import time
@@ -244,4 +245,6 @@ def validate_record(obj: Any, where: str) -> GenerationRecord:
         not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 0
     ):
         raise fail(f"field 'completion_tokens' must be null or a count, got {tokens!r}")
+    if not math.isfinite(obj["length"]):  # JSON admits NaN and Infinity; a length does not
+        raise fail(f"field 'length' is not finite: {obj['length']!r}")
     return obj  # type: ignore[return-value]

@@ -149,6 +149,8 @@ def valid_record() -> dict:
         (lambda r: r.update(answer="MAYBE"), "field 'answer' must be 'YES' or 'NO'"),
         (lambda r: r.update(pct=101), "field 'pct' must be an integer"),
         (lambda r: r.update(completion_tokens=-1), "field 'completion_tokens'"),
+        (lambda r: r.update(length=float("nan")), "field 'length' is not finite"),
+        (lambda r: r.update(length=float("inf")), "field 'length' is not finite"),
         (
             lambda r: r.update(parseable=False, p_yes=None),
             "unparseable record must have null 'pct', 'answer' and 'brier'",
