@@ -58,7 +58,7 @@ def write_logs(project: Path, original: Path | None, scale: float, seed: int = 0
     as the original recipe's log line (``p_yes`` 0.5 and Brier 0.25 when unparseable)."""
     sys.path.insert(0, str(REPO))
     from calibrated_qa.records import make_record
-    from calibrated_qa.reward import score_completion
+    from calibrated_qa.reward import brier_score, score_completion
 
     rng = random.Random(seed)
     with open(project, "w") as ours, open(original or os.devnull, "w") as theirs:
@@ -83,7 +83,7 @@ def write_logs(project: Path, original: Path | None, scale: float, seed: int = 0
                     "full_prompt": f"[user] Passage: ...\n\nQuestion: {question}?\n",
                     "ground_truth": "true" if label else "false", "p_yes": p,
                     "p_yes_extracted": score.p_yes, "parseable": score.parseable,
-                    "brier_score": (p - label) ** 2, "reward": score.reward,
+                    "brier_score": brier_score(p, label), "reward": score.reward,
                     "length_penalty": score.length_penalty, "approx_tokens": score.length,
                     "parsed_answer": text[-200:], "full_completion": f"[assistant] {text}\n",
                 }  # fmt: skip
@@ -196,6 +196,9 @@ def main() -> int:
 
 
 def render(rows: list[dict], repeats: int, load_before: tuple, load_after: tuple) -> str:
+    sys.path.insert(0, str(REPO))
+    from calibrated_qa.analysis.report import table
+
     lines = [
         "# Analysis benchmark",
         "",
@@ -206,22 +209,22 @@ def render(rows: list[dict], repeats: int, load_before: tuple, load_after: tuple
         "runs, memory the peak RSS over them. Ratios are to the `json.loads` loop (the issue's "
         "baseline) and, in brackets, to the same loop with `orjson.loads` (the analysis's parser).",
         "",
-        "| log | file | MB | json loop s | orjson loop s | metrics s | metrics / loop "
-        "| all plots s | all plots / loop | peak MB metrics | peak MB all plots |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
+    head = ["log", "file", "MB", "json loop s", "orjson loop s", "metrics s", "metrics / loop"]
+    head += ["all plots s", "all plots / loop", "peak MB metrics", "peak MB all plots"]
+    cells = []
     for r in rows:
         b, o, m, p = (
             r[k]["seconds"] if k in r else None for k in ("baseline", "orjson", "metrics", "plots")
         )
-        cells = [
+        cells.append([
             r["log"], "gzip" if r["path"].suffix == ".gz" else "plain", f"{r['mb']:.0f}",
             f"{b:.2f}", f"{o:.2f}", f"{m:.2f}", f"{m / b:.2f}x ({m / o:.1f}x)",
             f"{p:.2f}" if p else "-", f"{p / b:.2f}x ({p / o:.1f}x)" if p else "-",
             f"{r['metrics']['max_rss_mb']:.0f}",
             f"{r['plots']['max_rss_mb']:.0f}" if p else "-",
-        ]  # fmt: skip
-        lines.append("| " + " | ".join(cells) + " |")
+        ])  # fmt: skip
+    lines += table(head, cells)
     ratio = {
         k: [r[k]["seconds"] / r["baseline"]["seconds"] for r in rows if k in r]
         for k in ("metrics", "plots")
