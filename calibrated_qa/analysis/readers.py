@@ -227,8 +227,8 @@ def batches(
     original formats' rows converted by ``convert.columns`` (which checks every value it takes).
     ``split`` leaves out this project's records of the other split."""
     path = Path(path)
-    fmt = detect_format(path)
-    report = report or ReadReport([str(path)], fmt)
+    report = report or ReadReport([str(path)], detect_format(path))  # read_rollouts detected it
+    fmt = report.fmt
     options = (split if split in SPLITS else "train", max_tokens)
     for numbers, objs in _parsed(path, fmt, report, skip_bad_lines):
         if fmt != "project":

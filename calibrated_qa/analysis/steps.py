@@ -90,7 +90,9 @@ class Attribution:
 def episode_steps(
     rollouts: Rollouts, files: Sequence[str], run_dir: str | os.PathLike[str]
 ) -> tuple[Rollouts, list[str]]:
-    """The rollouts with their exact step from prime-rl 559b447's episode files in ``run_dir``."""
+    """The rollouts with their exact step from prime-rl 559b447's episode files in ``run_dir``.
+    Matching needs the completions, which the first read drops (memory stays flat in completion
+    length): the logs are read a second time, with ``--episodes`` only."""
     try:
         episodes = read_episode_rollouts(Path(run_dir))
     except EpisodeFileError as exc:
