@@ -103,6 +103,16 @@ def test_count_labels_do_not_overlap_and_legends_stay_off_the_data(
             assert not legend.get_window_extent().overlaps(ax.get_window_extent())
 
 
+def test_no_data_text_fits_the_narrowest_panel(tmp_path: Path, figures: list[Any]) -> None:
+    why = "no question has a parseable rollout"  # the longest reason
+    panels = [plots.Panel(f"step {i}", np.array([]), np.array([], bool), 4, why) for i in range(4)]
+    plots.reliability_grid([panels], tmp_path / "r.png", "t", [("x", "y")])
+    for ax in figures[-1].axes:
+        (text,) = [t for t in ax.texts if "no data" in t.get_text()]
+        box, frame = text.get_window_extent(), ax.get_window_extent()
+        assert frame.x0 <= box.x0 and box.x1 <= frame.x1, text.get_text()
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="without fork, draw draws in this process")
 def test_draw_splits_figures_over_two_processes_and_reports_a_failed_one(tmp_path: Path) -> None:
     def figure(i: int) -> Callable[[], None]:

@@ -107,9 +107,11 @@ def _save(fig: Any, path: PathLike) -> None:
         fig.savefig(path, dpi=100, pil_kwargs={"compress_level": 1})  # zlib level 6 costs 3x
 
 
-def _no_data(ax: Any, why: str) -> None:
+def _no_data(ax: Any, why: str, width: int = 30) -> None:
+    """The reason a panel is empty, each line wrapped to ``width`` (30 fits the narrowest)."""
     ax.set(xticks=[], yticks=[])
-    ax.text(0.5, 0.5, f"no data: {why}", ha="center", va="center", transform=ax.transAxes)
+    text = "\n".join(textwrap.fill(line, width) for line in f"no data: {why}".splitlines())
+    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=9, transform=ax.transAxes)
 
 
 def reliability_grid(
@@ -154,7 +156,7 @@ def message_figure(path: PathLike, title: str, message: str) -> None:
     """A figure that says why there is nothing to plot (so no expected file is ever missing)."""
     fig, [(ax, *_)] = _grid([message], 1, (7.5, 2.5), title)
     ax.axis("off")
-    _no_data(ax, message)
+    _no_data(ax, message, width=100)
     _save(fig, path)
 
 
