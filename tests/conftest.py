@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 from pathlib import Path
 
@@ -71,3 +72,11 @@ def local_boolq(tmp_path: Path) -> Path:
     write_jsonl(tmp_path / "boolq" / "train.jsonl", rows[:300])
     write_jsonl(tmp_path / "boolq" / "validation.jsonl", rows[300:])
     return tmp_path / "boolq"
+
+
+def ctrl_c_as_in_a_terminal() -> None:
+    """A ``preexec_fn``: SIGINT at its default and unblocked, so that Python turns it into
+    KeyboardInterrupt. A shell starts background jobs (``cmd &``, as a CI runner may) with SIGINT
+    ignored, and children inherit that: a test that sends SIGINT would then test nothing."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})

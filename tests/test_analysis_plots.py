@@ -18,6 +18,7 @@ from calibrated_qa.analysis import plots
 from calibrated_qa.analysis.metrics import step_rows
 from calibrated_qa.analysis.readers import read_rollouts
 from calibrated_qa.analysis.steps import attribute_steps
+from tests.conftest import ctrl_c_as_in_a_terminal
 from tests.fixtures.analysis.build import Rollout, run, write_project
 
 REPO = Path(__file__).resolve().parent.parent
@@ -155,7 +156,7 @@ def figure(name):
     return draw
 plots.draw([figure("parent"), figure("child")])
 """
-    process = subprocess.Popen([sys.executable, "-c", script])
+    process = subprocess.Popen([sys.executable, "-c", script], preexec_fn=ctrl_c_as_in_a_terminal)
     try:
         deadline = time.monotonic() + 60
         while not all((tmp_path / name).is_file() for name in ("parent", "child")):

@@ -20,6 +20,7 @@ from calibrated_qa.records import validate_record
 from dry_run import read_jsonl  # whole lines; an unterminated last line is left out
 from dryrun.build import BuiltModel, build_model
 from dryrun.orchestrator import eval_sampling_args, sent_fields, train_sampling_args
+from tests.conftest import ctrl_c_as_in_a_terminal
 from tests.test_dry_run_checks import DRY
 
 pytestmark = pytest.mark.slow
@@ -89,7 +90,8 @@ def alive(processes: list[psutil.Process]) -> list[psutil.Process]:
 def mid_run(built: BuiltModel, tmp_path: Path) -> Iterator[tuple[subprocess.Popen, list]]:
     """A dry run stopped while its rollouts are under way: (process, its descendants then)."""
     cli = subprocess.Popen(command(tmp_path, built), cwd=tmp_path, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+                           stderr=subprocess.DEVNULL, start_new_session=True,
+                           preexec_fn=ctrl_c_as_in_a_terminal)  # fmt: skip
     children: list[psutil.Process] = []
     try:
         deadline = time.monotonic() + 180
@@ -115,7 +117,7 @@ def mid_run(built: BuiltModel, tmp_path: Path) -> Iterator[tuple[subprocess.Pope
 def test_a_stopped_dry_run_leaves_no_process(mid_run, signum: int) -> None:
     cli, children = mid_run
     cli.send_signal(signum)  # to the dry run alone, not to its process group
-    cli.wait(timeout=60)
+    assert cli.wait(timeout=60) != 0  # stopped, not finished
     deadline = time.monotonic() + 60
     while alive(children) and time.monotonic() < deadline:
         time.sleep(0.2)
