@@ -134,6 +134,12 @@ class Generator:
         return results
 
 
+class Server(ThreadingHTTPServer):
+    # socketserver listens with a backlog of 5: the dry run's 16 rollouts connect at once and the
+    # kernel dropped 1-4 handshakes per run (ListenOverflows). vLLM's uvicorn listens with 2048.
+    request_queue_size = 2048
+
+
 def serve(model_dir: str, requests_log: str) -> None:
     """Serve on a free port until killed, logging one JSON line per request: path, status, the
     sampling fields received, the roles, and for an answer its usage, finish reason and text."""
@@ -172,7 +178,7 @@ def serve(model_dir: str, requests_log: str) -> None:
             self.end_headers()
             self.wfile.write(data)
 
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)  # listening from here on
+    httpd = Server(("127.0.0.1", 0), Handler)  # listening from here on
     print(f"serving on http://127.0.0.1:{httpd.server_port} ({model_dir})", flush=True)
     httpd.serve_forever()
 

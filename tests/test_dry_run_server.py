@@ -7,7 +7,9 @@ One server (on a model built into a temporary cache) serves the whole module, ~1
 from __future__ import annotations
 
 import json
+import socket
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -113,3 +115,23 @@ def test_what_vllm_refuses_gets_400_and_is_logged(server, change: dict, message:
     assert last_logged(log)[0]["status"] == 400
     assert post(url, {}, path="/v1/completions")[0] == 404
     assert last_logged(log)[0] == {**last_logged(log)[0], "path": "/v1/completions", "status": 404}
+
+
+def listen_overflows() -> int:
+    """Connections the kernel dropped because a listen queue was full (Linux's TcpExt counters)."""
+    names, values = (
+        line.split() for line in Path("/proc/net/netstat").read_text().splitlines()[:2]
+    )
+    return int(dict(zip(names, values, strict=True))["ListenOverflows"])
+
+
+@pytest.mark.skipif(not Path("/proc/net/netstat").is_file(), reason="Linux's TCP counters")
+def test_a_burst_of_connections_is_not_dropped(server) -> None:
+    """prime-rl's workers connect once per concurrent rollout, all at once: with socketserver's
+    listen backlog of 5 the kernel dropped some (and a dry run failed on a reset connection)."""
+    address = urllib.parse.urlsplit(server[0])
+    before = listen_overflows()
+    connections = [socket.create_connection((address.hostname, address.port)) for _ in range(64)]
+    for connection in connections:
+        connection.close()
+    assert listen_overflows() == before
