@@ -24,7 +24,7 @@ from calibrated_qa.run_config import RunConfig, RunConfigError, read_run_config
 from dryrun.build import build_model
 from dryrun.orchestrator import RunResult, eval_sampling_args, orchestrate, sent_fields
 from dryrun.orchestrator import train_sampling_args as train_args
-from dryrun.server import running
+from dryrun.server import CHAT, running
 
 REPO = Path(__file__).resolve().parent
 
@@ -67,7 +67,7 @@ def check(config: RunConfig, result: RunResult, out: Path) -> tuple[list[str], d
         "orchestrator_seconds": round(result.seconds, 1),
     }
     unit = config.train_env().args.get("length_unit", "chars")
-    if any(r["path"] != "/v1/chat/completions" or r["status"] != 200 for r in requests):
+    if any(r["path"] != CHAT or r["status"] != 200 for r in requests):
         problems.append(f"requests other than 200 chat completions: {figures['request_statuses']}")
     if shapes["other"]:
         problems.append(f"{shapes['other']} requests without prime-rl's sampling fields")

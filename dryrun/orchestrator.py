@@ -164,7 +164,6 @@ def _raise_first(results: list[Any]) -> None:
 class RunResult(NamedTuple):
     """What the orchestrator saw, to compare with the logs and the server's request log."""
 
-    train_batches: list[list[dict]]
     eval_rounds: list[list[dict]]
     started: int
     cancelled: int
@@ -197,17 +196,17 @@ async def orchestrate(config: RunConfig, base_url: str, model: str, log_root: st
                       config.eval.num_examples, config.eval.rollouts_per_example)  # fmt: skip
         online, _ = eval_checkpoints(config.eval.interval, base_model=config.eval.base_model,
                                      max_steps=config.max_steps, rounds=0)  # fmt: skip
-        eval_rounds, batches = [], []
+        # eval_utils.compute_eval_ckpt_step with max_async_level 0: the base model at step 0,
+        # checkpoint c > 0 at the top of step c + 1 (training waits).
+        eval_steps, eval_rounds = {c + 1 if c else 0 for c in online}, []
         for step in range(config.max_steps):
-            # eval_utils.compute_eval_ckpt_step with max_async_level 0: the base model at step 0,
-            # checkpoint c > 0 at the top of step c + 1 (training waits).
-            if step in {c + 1 if c else 0 for c in online}:
+            if step in eval_steps:
                 eval_rounds.append(await evaluate(*eval_round))
-            batches.append(await scheduler.generate_batch())
+            await scheduler.generate_batch()  # nothing trains on it
         # "Running final evals", then scheduler.stop(): refilled rollouts run on meanwhile.
         eval_rounds.append(await evaluate(*eval_round))
         await scheduler.stop()
-        return RunResult(batches, eval_rounds, scheduler.started, scheduler.cancelled,
+        return RunResult(eval_rounds, scheduler.started, scheduler.cancelled,
                          time.perf_counter() - start)  # fmt: skip
     finally:  # both stopped, even if stopping one fails
         stopped = [env.stop_server() for env in (group.envs[0], eval_env)]

@@ -136,7 +136,7 @@ def run(tmp_path: Path) -> tuple[Path, RunResult]:
     write(tmp_path, "generations.jsonl", train)
     write(tmp_path, "eval_generations.jsonl", evals)
     write(tmp_path, "server_requests.jsonl", requests)
-    result = RunResult([[{}] * 16] * 2, [[{}] * 8] * 2, 35, 1, 1.0)
+    result = RunResult([[{}] * 8] * 2, 35, 1, 1.0)
     return tmp_path, result
 
 
