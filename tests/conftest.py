@@ -8,6 +8,7 @@ import signal
 import subprocess
 from pathlib import Path
 
+import psutil
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -80,3 +81,15 @@ def ctrl_c_as_in_a_terminal() -> None:
     ignored, and children inherit that: a test that sends SIGINT would then test nothing."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+def alive(processes: list[psutil.Process]) -> list[psutil.Process]:
+    """The processes still running (a zombie waiting to be reaped is not)."""
+
+    def running(p: psutil.Process) -> bool:
+        try:
+            return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    return [p for p in processes if running(p)]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.analysis.build import run, write_project
+from tests.fixtures.analysis.build import run, write_csv, write_project
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "analysis"
@@ -283,8 +283,6 @@ def test_eval_split_reports_a_short_round_with_its_n(tmp_path: Path) -> None:
 def test_eval_split_of_records_with_their_own_step_names_each_round(tmp_path: Path) -> None:
     """Records that carry their step (the original CSV, episode files) are eval rounds as they
     are: each step is a round, and max_steps cuts only training records (the in-flight surplus)."""
-    from tests.fixtures.analysis.build import write_csv
-
     table = write_csv(tmp_path / "eval.csv", run(n_steps=2), batch_size=16)
     out = tmp_path / "out"
     done = analyze_cli(

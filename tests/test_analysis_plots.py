@@ -12,13 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 import pytest
 
 from calibrated_qa.analysis import plots
 from calibrated_qa.analysis.metrics import step_rows
 from calibrated_qa.analysis.readers import read_rollouts
 from calibrated_qa.analysis.steps import attribute_steps
-from tests.conftest import ctrl_c_as_in_a_terminal
+from tests.conftest import alive, ctrl_c_as_in_a_terminal
 from tests.fixtures.analysis.build import Rollout, run, write_project
 
 REPO = Path(__file__).resolve().parent.parent
@@ -131,14 +132,6 @@ def test_draw_splits_figures_over_two_processes_and_reports_a_failed_one(tmp_pat
     assert (tmp_path / "4.pid").read_text() == str(os.getpid())
 
 
-def _gone(pid: int) -> bool:
-    """No such process, or a zombie waiting for its new parent to reap it."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in "ZX"
-    except FileNotFoundError:
-        return True
-
-
 @pytest.mark.skipif(
     sys.platform != "linux", reason="the drawing child dies with its parent on Linux"
 )
@@ -163,12 +156,12 @@ plots.draw([figure("parent"), figure("child")])
             assert process.poll() is None and time.monotonic() < deadline, "draw did not start"
             time.sleep(0.05)
         time.sleep(0.1)  # both pids written
-        child = int((tmp_path / "child").read_text())
-        assert child != process.pid == int((tmp_path / "parent").read_text())
+        child = psutil.Process(int((tmp_path / "child").read_text()))
+        assert child.pid != process.pid == int((tmp_path / "parent").read_text())
         process.send_signal(signum)
         assert process.wait(timeout=30) != 0
         deadline = time.monotonic() + 10
-        while not _gone(child):
+        while alive([child]):
             assert time.monotonic() < deadline, f"drawing child {child} outlived its parent"
             time.sleep(0.05)
     finally:

@@ -20,7 +20,7 @@ from calibrated_qa.records import validate_record
 from dry_run import read_jsonl  # whole lines; an unterminated last line is left out
 from dryrun.build import BuiltModel, build_model
 from dryrun.orchestrator import eval_sampling_args, sent_fields, train_sampling_args
-from tests.conftest import ctrl_c_as_in_a_terminal
+from tests.conftest import alive, ctrl_c_as_in_a_terminal
 from tests.test_dry_run_checks import DRY
 
 pytestmark = pytest.mark.slow
@@ -74,16 +74,6 @@ def test_dry_run_end_to_end(built: BuiltModel, tmp_path: Path) -> None:
 
 def descendants(pid: int) -> list[psutil.Process]:
     return psutil.Process(pid).children(recursive=True)
-
-
-def alive(processes: list[psutil.Process]) -> list[psutil.Process]:
-    def running(p: psutil.Process) -> bool:
-        try:
-            return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
-        except psutil.NoSuchProcess:
-            return False
-
-    return [p for p in processes if running(p)]
 
 
 @pytest.fixture
