@@ -166,9 +166,9 @@ def compare(specs: Sequence[Spec], shape: RunShape, options: Options) -> list[En
         selected, warnings = "all records pooled (@all)", []
         if spec.select != ALL:
             try:
-                rollouts, attribution = attribute(
-                    rollouts, split="eval", shape=shape, allow_partial=o.allow_partial_step,
-                    strict_eval=o.strict_eval, episodes=o.episodes, files=read.files,
+                rollouts, attribution = attribute(  # an eval split: no partial training step
+                    rollouts, split="eval", shape=shape, strict_eval=o.strict_eval,
+                    episodes=o.episodes, files=read.files,
                 )  # fmt: skip
             except AnalysisInputError as exc:
                 raise AnalysisInputError(
