@@ -7,9 +7,12 @@ import os
 import signal
 import subprocess
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import psutil
 import pytest
+
+if TYPE_CHECKING:
+    import psutil
 
 REPO = Path(__file__).resolve().parent.parent
 BOOLQ_VALIDATION = REPO / "data" / "boolq" / "validation.jsonl"
@@ -85,6 +88,7 @@ def ctrl_c_as_in_a_terminal() -> None:
 
 def alive(processes: list[psutil.Process]) -> list[psutil.Process]:
     """The processes still running (a zombie waiting to be reaped is not)."""
+    import psutil  # not in tests/v1's venvs, which load this conftest too
 
     def running(p: psutil.Process) -> bool:
         try:
