@@ -39,6 +39,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+# calibrated_qa from this checkout; it is imported lazily, so the baseline child never loads it.
+sys.path.insert(0, str(REPO))
 STEPS, BATCH, ROLLOUTS, MAX_TOKENS = 50, 1024, 8, 512
 WORDS = ["the", "passage", "says", "that", "this", "is", "a", "question", "about", "whether"]
 WORDS += ["answer", "likely", "because", "it", "states", "river", "county", "season", "film"]
@@ -56,7 +58,6 @@ def completion(rng: random.Random, scale: float) -> str:
 def write_logs(project: Path, original: Path | None, scale: float, seed: int = 0) -> None:
     """51,200 rollouts scored by the real reward, as the environment writes them and (if asked)
     as the original recipe's log line (``p_yes`` 0.5 and Brier 0.25 when unparseable)."""
-    sys.path.insert(0, str(REPO))
     from calibrated_qa.records import make_record
     from calibrated_qa.reward import brier_score, score_completion
 
@@ -116,7 +117,6 @@ def child_baseline(path: str, parser: str) -> None:
 
 def child_analysis(path: str, out: str, plots: bool) -> None:
     start = time.perf_counter()
-    sys.path.insert(0, str(REPO))
     from calibrated_qa.analysis.cli import main
 
     argv = ["--generations", path, "--out", out, "--batch-size", str(BATCH)]
@@ -196,7 +196,6 @@ def main() -> int:
 
 
 def render(rows: list[dict], repeats: int, load_before: tuple, load_after: tuple) -> str:
-    sys.path.insert(0, str(REPO))
     from calibrated_qa.analysis.report import table
 
     lines = [
